@@ -1,0 +1,65 @@
+# vramguard — `make demo` shows it working, `make test` proves it.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PACKAGES := gpumem webhook extender certs
+CERTS_OUT ?= certs/out
+WEBHOOK_DNS ?= vramguard-webhook.vramguard.svc
+
+.PHONY: help
+help: ## list the targets
+	@grep -E '^[a-z][a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+.PHONY: venv
+venv: $(STAMP) ## create .venv with the project and its dev tools
+
+.PHONY: lint
+lint: $(STAMP) ## ruff, mypy and the import contracts
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+.PHONY: test
+test: lint ## lint, then every test: unit, HTTP, fuzz and end-to-end
+	$(PY) -m pytest
+
+.PHONY: test-fast
+test-fast: $(STAMP) ## unit and HTTP tests only (no fuzz, no control plane)
+	$(PY) -m pytest -m 'not slow and not e2e'
+
+.PHONY: e2e
+e2e: $(STAMP) ## the end-to-end suite alone
+	$(PY) -m pytest -m e2e
+
+.PHONY: demo
+demo: $(STAMP) ## start the webhook with the sample policy and show its decisions
+	$(PY) tests/demo/webhook_demo.py
+
+.PHONY: bench
+bench: $(STAMP) ## benchmarks (print numbers; never pass/fail)
+	$(PY) tests/bench/webhook_bench.py
+	$(PY) tests/bench/extender_bench.py
+
+.PHONY: certs
+certs: $(STAMP) ## issue a CA and the webhook's serving cert into certs/out
+	$(PY) -m certs --out $(CERTS_OUT) --dns $(WEBHOOK_DNS) --dns vramguard-webhook.vramguard
+
+.PHONY: schema
+schema: $(STAMP) ## regenerate the policy JSON Schema
+	$(PY) -m gpumem schema > gpumem/policy.schema.json
+
+.PHONY: clean
+clean: ## remove the virtualenv and caches (built Kubernetes binaries live in ~/.cache/vramguard)
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis $(CERTS_OUT)

@@ -1,0 +1,294 @@
+"""The policy file: which pods are GPU pods and what vramguard injects and enforces for them.
+
+One YAML file configures both services; `extender:` holds what only the extender reads.
+Every model forbids unknown keys, so a typo fails at startup with the field's path.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+from gpumem.demand import ResourceNames
+
+# An extended resource name: a DNS subdomain prefix, a slash, a name (k8s IsQualifiedName).
+_RESOURCE = re.compile(
+    r"^(?:[a-z0-9]([-a-z0-9]*[a-z0-9])?(?:\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+)
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_CLASS_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+
+T = TypeVar("T")
+
+MiB = Annotated[int, Field(ge=0, le=16 * 1024 * 1024)]
+PositiveMiB = Annotated[int, Field(gt=0, le=16 * 1024 * 1024)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        frozen=True,
+    )
+
+
+def _check_class(value: str | None) -> str | None:
+    if value is not None and (len(value) > 253 or not _CLASS_NAME.match(value)):
+        raise ValueError(f"{value!r} is not a valid PriorityClass name")
+    return value
+
+
+class NamespaceOverride(_Model):
+    """Per-namespace overrides; a field left out falls back to `defaults`."""
+
+    priority_class_name: str | None = None
+    gpumem_mib: PositiveMiB | None = Field(default=None, alias="gpumemMiB")
+    max_gpumem_mib: PositiveMiB | None = Field(default=None, alias="maxGpumemMiB")
+    require_declaration: bool | None = None
+
+    _class = field_validator("priority_class_name")(_check_class)
+
+
+class Defaults(_Model):
+    priority_class_name: str | None = Field(
+        default=None, description="Class set on GPU pods; null injects none."
+    )
+    gpumem_mib: PositiveMiB = Field(
+        default=1024, alias="gpumemMiB", description="Budget injected when a pod declares none."
+    )
+    max_gpumem_mib: PositiveMiB | None = Field(
+        default=None, alias="maxGpumemMiB", description="A pod declaring more is denied."
+    )
+    require_declaration: bool = Field(
+        default=False, description="Deny GPU pods that declare no gpumem instead of injecting."
+    )
+
+    _class = field_validator("priority_class_name")(_check_class)
+
+
+class TelemetryQueries(_Model):
+    """PromQL for live GPU memory. Each query returns one series per node (label nodeLabel)."""
+
+    free_mib: str | None = Field(default=None, alias="freeMiB")
+    used_mib: str | None = Field(default=None, alias="usedMiB")
+    total_mib: str | None = Field(default=None, alias="totalMiB")
+    pod_used_mib: str | None = Field(
+        default=None, alias="podUsedMiB", description="Per pod: labels namespace and pod."
+    )
+
+
+class Telemetry(_Model):
+    preset: Literal["dcgm", "pod-exporter", "custom"] = "dcgm"
+    queries: TelemetryQueries = TelemetryQueries()
+    node_labels: tuple[str, ...] = Field(
+        default=("Hostname", "hostname", "node", "kubernetes_node", "instance"),
+        description="Labels tried in order to map a series to a Node name.",
+    )
+    node_total_mib: PositiveMiB | None = Field(
+        default=None,
+        alias="nodeTotalMiB",
+        description="Card size when telemetry reports only usage and nodes have no GFD labels.",
+    )
+
+    @model_validator(mode="after")
+    def _custom_needs_queries(self) -> Telemetry:
+        q = self.queries
+        if self.preset == "custom" and q.free_mib is None and q.used_mib is None:
+            raise ValueError("preset custom needs queries.freeMiB or queries.usedMiB")
+        return self
+
+
+class ExtenderSettings(_Model):
+    floor_mib: MiB = Field(default=512, alias="floorMiB", description="Live headroom kept free.")
+    capacity_slack_mib: MiB = Field(
+        default=1024,
+        alias="capacitySlackMiB",
+        description="Subtracted from GFD card memory when gpumem is not advertised.",
+    )
+    telemetry: Telemetry = Telemetry()
+    refresh_seconds: Annotated[float, Field(gt=0, le=3600)] = 5.0
+    max_age_seconds: Annotated[float, Field(gt=0, le=86400)] = 60.0
+    stale_mode: Literal["budget-only", "deny"] = "budget-only"
+    warmup_seconds: Annotated[float, Field(ge=0, le=86400)] = 120.0
+    scoring: Literal["binpack", "spread"] = "binpack"
+    reservation_ttl_seconds: Annotated[float, Field(gt=0, le=3600)] = 60.0
+
+
+class Policy(_Model):
+    """The whole policy file."""
+
+    gpu_resource_names: tuple[str, ...] = Field(
+        default=("nvidia.com/gpu",), min_length=1, description="Resources that make a GPU pod."
+    )
+    gpumem_resource_name: str = Field(
+        default="vramguard.io/gpumem", description="Extended resource counting GPU memory in MiB."
+    )
+    scheduler_name: str | None = Field(
+        default="vramguard-scheduler", description="Set on GPU pods; null leaves it alone."
+    )
+    excluded_namespaces: tuple[str, ...] = ("kube-system",)
+    defaults: Defaults = Defaults()
+    namespaces: dict[str, NamespaceOverride] = {}
+    namespace_labels: dict[str, dict[str, str]] = Field(
+        default={}, description="label key -> label value -> PriorityClass name."
+    )
+    extender: ExtenderSettings = ExtenderSettings()
+
+    @field_validator("gpu_resource_names", "gpumem_resource_name")
+    @classmethod
+    def _resource_names(cls, value: str | tuple[str, ...]) -> str | tuple[str, ...]:
+        for name in (value,) if isinstance(value, str) else value:
+            if len(name) > 253 or not _RESOURCE.match(name):
+                raise ValueError(f"{name!r} is not a valid resource name")
+        return value
+
+    @field_validator("excluded_namespaces")
+    @classmethod
+    def _namespace_list(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            _check_namespace(name)
+        return value
+
+    @field_validator("namespaces")
+    @classmethod
+    def _namespace_keys(cls, value: dict[str, NamespaceOverride]) -> dict[str, NamespaceOverride]:
+        for name in value:
+            _check_namespace(name)
+        return value
+
+    @field_validator("namespace_labels")
+    @classmethod
+    def _label_classes(cls, value: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+        for classes in value.values():
+            for name in classes.values():
+                _check_class(name)
+        return value
+
+    @model_validator(mode="after")
+    def _gpumem_not_a_gpu(self) -> Policy:
+        if self.gpumem_resource_name in self.gpu_resource_names:
+            raise ValueError("gpumemResourceName must not also be listed in gpuResourceNames")
+        return self
+
+    @property
+    def resource_names(self) -> ResourceNames:
+        return ResourceNames(frozenset(self.gpu_resource_names), self.gpumem_resource_name)
+
+    def for_namespace(
+        self, namespace: str, labels: Mapping[str, str] | None = None
+    ) -> NamespaceRules:
+        """Resolve the rules for one namespace.
+
+        Precedence for the class: the namespace's own entry, then the first namespaceLabels
+        match (in file order), then defaults. Labels are None when they are not known.
+        """
+        override = self.namespaces.get(namespace, NamespaceOverride())
+        d = self.defaults
+        class_name, source = d.priority_class_name, "defaults"
+        for key, classes in self.namespace_labels.items():
+            value = (labels or {}).get(key)
+            if value is not None and value in classes:
+                class_name, source = classes[value], f"namespace label {key}={value}"
+                break
+        if "priority_class_name" in override.model_fields_set:
+            class_name, source = override.priority_class_name, f"namespaces.{namespace}"
+        return NamespaceRules(
+            namespace=namespace,
+            excluded=namespace in self.excluded_namespaces,
+            priority_class_name=class_name,
+            priority_class_source=source,
+            gpumem_mib=_pick(override.gpumem_mib, d.gpumem_mib),
+            max_gpumem_mib=(
+                override.max_gpumem_mib
+                if "max_gpumem_mib" in override.model_fields_set
+                else d.max_gpumem_mib
+            ),
+            require_declaration=_pick(override.require_declaration, d.require_declaration),
+        )
+
+
+@dataclass(frozen=True)
+class NamespaceRules:
+    """The policy as it applies to one namespace, every field resolved."""
+
+    namespace: str
+    excluded: bool
+    priority_class_name: str | None
+    priority_class_source: str
+    gpumem_mib: int
+    max_gpumem_mib: int | None
+    require_declaration: bool
+
+
+def _pick(override: T | None, default: T) -> T:
+    return default if override is None else override
+
+
+def _check_namespace(name: str) -> None:
+    if len(name) > 63 or not _DNS_LABEL.match(name):
+        raise ValueError(f"{name!r} is not a valid namespace name")
+
+
+class PolicyError(ValueError):
+    """A policy file that cannot be used; the message names the file and the field."""
+
+
+def parse_policy(text: str, source: str = "policy") -> Policy:
+    """Parse and validate policy YAML; raise PolicyError naming each bad field."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise PolicyError(f"{source}: not valid YAML: {err}") from err
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise PolicyError(f"{source}: the top level must be a mapping, not {type(data).__name__}")
+    try:
+        return Policy.model_validate(data)
+    except ValidationError as err:
+        raise PolicyError(f"{source}: {_describe(err)}") from err
+
+
+def read_policy_text(path: Path) -> str:
+    """The policy file's text; an unreadable file is a PolicyError naming it."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise PolicyError(f"{path}: cannot read policy file: {err.strerror or err}") from err
+
+
+def load_policy(path: str | Path) -> Policy:
+    """Read and validate a policy file."""
+    return parse_policy(read_policy_text(Path(path)), str(path))
+
+
+def _describe(err: ValidationError) -> str:
+    problems = []
+    for item in err.errors():
+        where = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        problems.append(f"{where}: {item['msg']}")
+    return "; ".join(problems)
+
+
+def policy_schema() -> dict[str, Any]:
+    """JSON Schema of the policy file (field names as written in YAML)."""
+    schema = Policy.model_json_schema(by_alias=True)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "vramguard policy"
+    return schema

@@ -1,0 +1,148 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from gpumem.policy import Policy, PolicyError, load_policy, parse_policy, policy_schema
+from gpumem.policy_file import PolicyFile
+
+REPO = Path(__file__).resolve().parents[3]
+
+SAMPLE = """
+gpuResourceNames: ["nvidia.com/gpu"]
+gpumemResourceName: "vramguard.io/gpumem"
+schedulerName: "vramguard-scheduler"
+excludedNamespaces: ["kube-system"]
+defaults:
+  priorityClassName: "tier-2-gpu"
+  gpumemMiB: 1024
+  maxGpumemMiB: 8192
+  requireDeclaration: false
+namespaces:
+  immich: {priorityClassName: "tier-1-gpu", gpumemMiB: 3000}
+  open: {maxGpumemMiB: null, priorityClassName: null}
+namespaceLabels:
+  tier: {"0": "tier-0-core", "1": "tier-1-cluster"}
+"""
+
+
+def test_issue_example_parses() -> None:
+    policy = parse_policy(SAMPLE)
+    assert policy.gpu_resource_names == ("nvidia.com/gpu",)
+    assert policy.defaults.max_gpumem_mib == 8192
+    assert policy.resource_names.gpumem == "vramguard.io/gpumem"
+
+
+@pytest.mark.parametrize(
+    ("namespace", "labels", "expected"),
+    [
+        ("immich", None, ("tier-1-gpu", "namespaces.immich", 3000, 8192)),
+        ("other", None, ("tier-2-gpu", "defaults", 1024, 8192)),
+        ("other", {"tier": "0"}, ("tier-0-core", "namespace label tier=0", 1024, 8192)),
+        ("other", {"tier": "9"}, ("tier-2-gpu", "defaults", 1024, 8192)),
+        # the namespace's own entry beats its label
+        ("immich", {"tier": "0"}, ("tier-1-gpu", "namespaces.immich", 3000, 8192)),
+        # an explicit null in the namespace entry switches the class and the cap off
+        ("open", {"tier": "1"}, (None, "namespaces.open", 1024, None)),
+    ],
+)
+def test_for_namespace(
+    namespace: str, labels: dict[str, str] | None, expected: tuple[object, ...]
+) -> None:
+    rules = parse_policy(SAMPLE).for_namespace(namespace, labels)
+    got = (
+        rules.priority_class_name,
+        rules.priority_class_source,
+        rules.gpumem_mib,
+        rules.max_gpumem_mib,
+    )
+    assert got == expected
+    assert rules.excluded is False
+
+
+def test_excluded_namespace() -> None:
+    assert parse_policy(SAMPLE).for_namespace("kube-system").excluded is True
+
+
+def test_empty_file_is_all_defaults() -> None:
+    assert parse_policy("") == Policy()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("defaults: {gpumemMiB: 0}", "defaults.gpumemMiB"),
+        ("defaults: {gpumemMb: 10}", "defaults.gpumemMb: Extra inputs are not permitted"),
+        ("gpuResourceNames: []", "gpuResourceNames"),
+        ("gpuResourceNames: ['not a name']", "'not a name' is not a valid resource name"),
+        ("gpumemResourceName: nvidia.com/gpu", "must not also be listed"),
+        ("namespaces: {Bad_NS: {}}", "'Bad_NS' is not a valid namespace name"),
+        ("namespaces: {ok: {priorityClassName: UPPER}}", "namespaces.ok.priorityClassName"),
+        ("extender: {staleMode: maybe}", "extender.staleMode"),
+        ("extender: {telemetry: {preset: custom}}", "needs queries.freeMiB"),
+        ("- a list", "top level must be a mapping"),
+        ("key: [unclosed", "not valid YAML"),
+    ],
+)
+def test_invalid_policy_names_the_field(text: str, message: str) -> None:
+    with pytest.raises(PolicyError, match=None) as info:
+        parse_policy(text, "policy.yaml")
+    assert str(info.value).startswith("policy.yaml: ")
+    assert message in str(info.value)
+
+
+def test_load_policy_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(PolicyError, match="cannot read policy file"):
+        load_policy(tmp_path / "nope.yaml")
+
+
+def test_shipped_policy_is_valid() -> None:
+    policy = load_policy(REPO / "manifests/base/policy.yaml")
+    assert policy.for_namespace("immich").gpumem_mib == 3000
+
+
+def test_committed_schema_is_current() -> None:
+    committed = json.loads((REPO / "gpumem/policy.schema.json").read_text())
+    assert committed == policy_schema(), "run `make schema` and commit the result"
+
+
+def test_policy_file_reload_keeps_last_good(tmp_path: Path) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text("defaults: {gpumemMiB: 100}")
+    source = PolicyFile(path)
+    assert source.reload_if_changed() is None
+
+    path.write_text("defaults: {gpumemMiB: 200}")
+    outcome = source.reload_if_changed()
+    assert outcome is not None
+    assert outcome.ok
+    assert source.current.defaults.gpumem_mib == 200
+
+    path.write_text("defaults: {gpumemMiB: -1}")
+    outcome = source.reload_if_changed()
+    assert outcome is not None
+    assert not outcome.ok
+    assert "defaults.gpumemMiB" in (outcome.error or "")
+    assert source.current.defaults.gpumem_mib == 200
+    assert source.reload_if_changed() is None, "a broken edit is reported once"
+
+    path.unlink()
+    outcome = source.reload_if_changed()
+    assert outcome is not None
+    assert not outcome.ok
+    assert source.current.defaults.gpumem_mib == 200
+    assert source.reload_if_changed() is None, "a missing file is reported once"
+
+    path.write_text("defaults: {gpumemMiB: 300}")
+    outcome = source.reload_if_changed()
+    assert outcome is not None
+    assert outcome.ok
+    assert source.last_error is None
+    assert source.current.defaults.gpumem_mib == 300
+
+
+def test_policy_file_first_load_fails_loudly(tmp_path: Path) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text("schedulerName: [1]")
+    with pytest.raises(PolicyError, match="schedulerName"):
+        PolicyFile(path)
