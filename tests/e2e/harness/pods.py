@@ -1,0 +1,142 @@
+"""Pods for the e2e tests: build one that asks for GPU resources, and wait for the
+scheduler to bind it. Nothing runs them (no kubelet), so "scheduled" means
+``spec.nodeName`` is set."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+# Never pulled: no kubelet runs these pods.
+PLACEHOLDER_IMAGE = "pause"
+
+
+def gpu_pod(
+    name: str,
+    *,
+    namespace: str = "default",
+    gpus: int = 1,
+    scheduler_name: str | None = None,
+    node_name_selector: str | None = None,
+    requests: Mapping[str, str] | None = None,
+    limits: Mapping[str, str] | None = None,
+    annotations: Mapping[str, str] | None = None,
+    labels: Mapping[str, str] | None = None,
+) -> Any:
+    """A one-container V1Pod with ``nvidia.com/gpu: gpus`` as its limit (plus extras).
+
+    ``node_name_selector`` pins it (by the ``kubernetes.io/hostname`` label) to one node,
+    for tests that must not depend on which fake node a scheduler prefers.
+    """
+    from kubernetes import client  # noqa: PLC0415
+
+    pod_limits = {"nvidia.com/gpu": str(gpus)} if gpus else {}
+    pod_limits.update(limits or {})
+    return client.V1Pod(
+        metadata=client.V1ObjectMeta(
+            name=name,
+            namespace=namespace,
+            annotations=dict(annotations or {}) or None,
+            labels=dict(labels or {}) or None,
+        ),
+        spec=client.V1PodSpec(
+            scheduler_name=scheduler_name,
+            node_selector=(
+                {"kubernetes.io/hostname": node_name_selector} if node_name_selector else None
+            ),
+            restart_policy="Never",
+            termination_grace_period_seconds=0,
+            containers=[
+                client.V1Container(
+                    name="main",
+                    image=PLACEHOLDER_IMAGE,
+                    resources=client.V1ResourceRequirements(
+                        requests=dict(requests or {}) or None,
+                        limits=pod_limits or None,
+                    ),
+                )
+            ],
+        ),
+    )
+
+
+def wait_for_pod_node(
+    core: Any, namespace: str, name: str, *, timeout: float = 30.0, interval: float = 0.2
+) -> str:
+    """Wait until the pod is bound; return its node name.
+
+    Raises TimeoutError with the pod's PodScheduled condition (and recent events)
+    when it is not bound in time.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        pod = core.read_namespaced_pod(name, namespace)
+        if pod.spec.node_name:
+            return str(pod.spec.node_name)
+        if time.monotonic() >= deadline:
+            raise TimeoutError(
+                f"pod {namespace}/{name} not scheduled after {timeout:.0f}s: "
+                f"{_scheduling_status(core, pod)}"
+            )
+        time.sleep(interval)
+
+
+def wait_for_unschedulable(
+    core: Any, namespace: str, name: str, *, timeout: float = 30.0, interval: float = 0.2
+) -> str:
+    """Wait until a scheduler has tried and failed to place the pod (its PodScheduled
+    condition is False); return the condition's message. Fails if the pod gets bound."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pod = core.read_namespaced_pod(name, namespace)
+        if pod.spec.node_name:
+            raise AssertionError(f"pod {namespace}/{name} was scheduled onto {pod.spec.node_name}")
+        for condition in pod.status.conditions or []:
+            if condition.type == "PodScheduled" and condition.status == "False":
+                return str(condition.message or condition.reason or "")
+        if time.monotonic() >= deadline:
+            raise TimeoutError(
+                f"no scheduler reported pod {namespace}/{name} unschedulable after {timeout:.0f}s"
+            )
+        time.sleep(interval)
+
+
+def pod_stays_unscheduled(
+    core: Any, namespace: str, name: str, *, for_seconds: float = 5.0
+) -> bool:
+    """True if the pod is still not bound after ``for_seconds``."""
+    try:
+        wait_for_pod_node(core, namespace, name, timeout=for_seconds)
+    except TimeoutError:
+        return True
+    return False
+
+
+def delete_pod(core: Any, namespace: str, name: str) -> None:
+    """Delete a pod immediately, ignoring one that is already gone."""
+    from kubernetes.client.exceptions import ApiException  # noqa: PLC0415
+
+    try:
+        core.delete_namespaced_pod(name, namespace, grace_period_seconds=0)
+    except ApiException as err:
+        if err.status != 404:
+            raise
+
+
+def _scheduling_status(core: Any, pod: Any) -> str:
+    conditions = [
+        f"{c.type}={c.status} {c.reason or ''}: {c.message or ''}".strip()
+        for c in (pod.status.conditions or [])
+        if c.type == "PodScheduled"
+    ]
+    try:
+        events = core.list_namespaced_event(
+            pod.metadata.namespace,
+            field_selector=f"involvedObject.name={pod.metadata.name}",
+        ).items
+    except Exception as err:  # diagnostics only: never mask the timeout itself
+        events_text = f"(events unavailable: {err})"
+    else:
+        events_text = "; ".join(f"{e.reason}: {e.message}" for e in events[-5:]) or "no events"
+    return f"{'; '.join(conditions) or 'no PodScheduled condition'}; events: {events_text}"
