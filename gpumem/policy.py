@@ -127,7 +127,11 @@ class ExtenderSettings(_Model):
     stale_mode: Literal["budget-only", "deny"] = "budget-only"
     warmup_seconds: Annotated[float, Field(ge=0, le=86400)] = 120.0
     scoring: Literal["binpack", "spread"] = "binpack"
-    reservation_ttl_seconds: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    reservation_ttl_seconds: Annotated[float, Field(gt=0, le=3600)] = Field(
+        default=60.0,
+        alias="reservationTTLSeconds",
+        description="A reservation made at bind ends when the watch sees the pod, or after this.",
+    )
 
 
 class Policy(_Model):

@@ -1,0 +1,432 @@
+"""The extender's HTTP app: POST /filter /prioritize /bind /preempt for kube-scheduler, and
+GET /healthz /readyz /metrics /debug/snapshot.
+
+Requests read the store's frozen snapshot and never call the API or Prometheus; the one
+exception is the Binding that /bind creates, in a worker thread. Filter, prioritize and preempt
+run on the event loop: they are pure CPU work of a millisecond or two, less than a hop to a
+thread would cost, and the snapshot read never waits for a lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import BaseModel, ValidationError
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from extender.binding import BindCoordinator
+from extender.cluster import Binder
+from extender.fit import FilterResult, filter_nodes, need_mib, score_nodes, vet_preemption
+from extender.metrics import ExtenderMetrics
+from extender.models import (
+    ExtenderArgs,
+    ExtenderBindingArgs,
+    ExtenderBindingResult,
+    ExtenderFilterResult,
+    ExtenderPreemptionArgs,
+    ExtenderPreemptionResult,
+    HostPriority,
+    HostPriorityList,
+    node_name,
+    pod_key,
+    pod_uid,
+)
+from extender.settings import Settings
+from extender.snapshot import ClusterStore, NodeState, Snapshot
+from gpumem.demand import DemandError, PodDemand, read_demand
+from gpumem.policy import Policy
+from gpumem.policy_file import ReloadOutcome
+
+log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=BaseModel)
+STALE_LOG_INTERVAL_SECONDS = 60.0
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+class PolicySource(Protocol):
+    """gpumem.policy_file.PolicyFile, or a fixed policy in tests."""
+
+    @property
+    def current(self) -> Policy: ...
+
+    def watch(
+        self, interval: float, on_outcome: Callable[[ReloadOutcome], None]
+    ) -> Coroutine[Any, Any, None]: ...
+
+
+class BackgroundService(Protocol):
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+class Watch(BackgroundService, Protocol):
+    def request_relist(self) -> None: ...
+
+
+@dataclass
+class FixedPolicy:
+    """A policy that never changes (tests, benchmarks)."""
+
+    policy: Policy
+
+    @property
+    def current(self) -> Policy:
+        return self.policy
+
+    async def watch(self, interval: float, on_outcome: Callable[[ReloadOutcome], None]) -> None:
+        await asyncio.Event().wait()
+
+
+@dataclass
+class ExtenderDeps:
+    """Everything the app talks to; tests pass fakes. Background services start and stop with
+    the app's lifespan."""
+
+    store: ClusterStore
+    binder: Binder
+    policy: PolicySource
+    metrics: ExtenderMetrics = field(default_factory=ExtenderMetrics)
+    watches: Sequence[Watch] = ()
+    telemetry: BackgroundService | None = None
+    clock: Callable[[], float] = time.time
+
+
+class BadRequest(Exception):
+    """A request that cannot be read; answered 400 with the message."""
+
+
+def create_app(settings: Settings, deps: ExtenderDeps) -> Starlette:
+    deps.metrics.observe_store(deps.store, deps.clock)
+    endpoints = Endpoints(deps)
+
+    def verb(path: str, name: str, handler: Handler, method: str = "POST") -> Route:
+        return Route(path, endpoints.instrumented(name, handler), methods=[method])
+
+    routes = [
+        verb("/filter", "filter", endpoints.filter),
+        verb("/prioritize", "prioritize", endpoints.prioritize),
+        verb("/bind", "bind", endpoints.bind),
+        verb("/preempt", "preempt", endpoints.preempt),
+        Route("/healthz", endpoints.healthz, methods=["GET"]),
+        Route("/readyz", endpoints.readyz, methods=["GET"]),
+        Route("/metrics", endpoints.metrics, methods=["GET"]),
+        verb("/debug/snapshot", "debug", endpoints.debug_snapshot, method="GET"),
+    ]
+    return Starlette(
+        routes=routes,
+        lifespan=lambda app: lifespan(settings, deps),
+        max_body_size=settings.max_body_bytes,
+    )
+
+
+class Endpoints:
+    def __init__(self, deps: ExtenderDeps) -> None:
+        self._deps = deps
+        self._store = deps.store
+        self._metrics = deps.metrics
+        self._clock = deps.clock
+        self._binds = BindCoordinator(deps.store, deps.binder, deps.clock)
+        self._stale_logged_at = -math.inf
+
+    async def filter(self, request: Request) -> Response:
+        args = await parse(request, ExtenderArgs)
+        policy = self._deps.policy.current
+        demand = read_pod(args.pod, policy)
+        namespace, name = pod_key(args.pod)
+        self._store.remember_demand(pod_uid(args.pod), namespace, name, need_mib(demand))
+        result = filter_nodes(
+            demand, args.candidate_names(), self._store.snapshot(), policy.extender, self._clock()
+        )
+        self._count_filter(result, f"{namespace}/{name}")
+        # model_construct: the result is built from validated data, and validating a
+        # thousand node names again would cost more than the fit rule.
+        if args.nodes is None:
+            body = ExtenderFilterResult.model_construct(
+                nodes=None,
+                node_names=list(result.passed),
+                failed_nodes=result.failed,
+                failed_and_unresolvable_nodes=result.unresolvable,
+                error="",
+            )
+        else:
+            # The passing subset in the form it came in, every field of each Node kept.
+            passed = set(result.passed)
+            items = [node for node in args.nodes.items if node_name(node) in passed]
+            body = ExtenderFilterResult.model_construct(
+                nodes=args.nodes.model_copy(update={"items": items}),
+                node_names=None,
+                failed_nodes=result.failed,
+                failed_and_unresolvable_nodes=result.unresolvable,
+                error="",
+            )
+        return json_model(body)
+
+    def _count_filter(self, result: FilterResult, pod: str) -> None:
+        metrics = self._metrics
+        for kind, count in result.refusals_by_kind.items():
+            metrics.nodes_filtered_out.labels(reason=kind).inc(count)
+        if result.live_skipped:
+            metrics.stale_decisions.labels(mode="budget-only").inc(result.live_skipped)
+            # Once a minute at most: with a Prometheus outage every GPU pod would log it.
+            now = time.monotonic()
+            if now - self._stale_logged_at >= STALE_LOG_INTERVAL_SECONDS:
+                self._stale_logged_at = now
+                log.info(
+                    "%s: live check skipped on %d node(s): telemetry stale or missing, "
+                    "staleMode budget-only (logged once a minute at most)",
+                    pod,
+                    result.live_skipped,
+                )
+        stale_refusals = result.refusals_by_kind.get("stale", 0)
+        if stale_refusals:
+            metrics.stale_decisions.labels(mode="deny").inc(stale_refusals)
+
+    async def prioritize(self, request: Request) -> Response:
+        args = await parse(request, ExtenderArgs)
+        policy = self._deps.policy.current
+        scores = score_nodes(
+            read_pod(args.pod, policy),
+            args.candidate_names(),
+            self._store.snapshot(),
+            policy.extender,
+            self._clock(),
+        )
+        return Response(
+            HostPriorityList.dump_json([HostPriority(Host=h, Score=s) for h, s in scores]),
+            media_type="application/json",
+        )
+
+    async def bind(self, request: Request) -> Response:
+        args = await parse(request, ExtenderBindingArgs)
+        settings = self._deps.policy.current.extender
+        outcome = await run_in_threadpool(self._binds.bind, args, settings)
+        self._metrics.bind_results.labels(result=outcome.result).inc()
+        return json_model(ExtenderBindingResult(error=outcome.error))
+
+    async def preempt(self, request: Request) -> Response:
+        args = await parse(request, ExtenderPreemptionArgs)
+        policy = self._deps.policy.current
+        victims = args.victims_by_node()
+        vetting = vet_preemption(
+            read_pod(args.pod, policy),
+            {node: [pod.uid for pod in v.pods] for node, v in victims.items()},
+            self._store.snapshot(),
+            policy.extender,
+            self._clock(),
+        )
+        pod = "/".join(pod_key(args.pod))
+        for node, reason in vetting.refused.items():
+            log.info("preemption for %s on %s refused: %s", pod, node, reason)
+        return json_model(
+            ExtenderPreemptionResult(
+                node_name_to_meta_victims={node: victims[node] for node in vetting.kept}
+            )
+        )
+
+    async def healthz(self, request: Request) -> Response:
+        return PlainTextResponse("ok")
+
+    async def readyz(self, request: Request) -> Response:
+        problems = not_ready_because(self._store, self._deps.policy.current)
+        if problems:
+            return PlainTextResponse("not ready: " + "; ".join(problems) + "\n", status_code=503)
+        return PlainTextResponse("ok")
+
+    async def metrics(self, request: Request) -> Response:
+        # In a thread: the gauges read the store, whose lock a writer may hold.
+        body = await run_in_threadpool(self._metrics.render)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+    async def debug_snapshot(self, request: Request) -> Response:
+        node = request.query_params.get("node")
+        snapshot = self._store.snapshot()
+        body = await run_in_threadpool(describe_snapshot, snapshot, self._clock(), node)
+        return JSONResponse(body)
+
+    def instrumented(self, verb: str, handler: Handler) -> Handler:
+        """Count and time a verb; a BadRequest becomes a 400, anything else a logged 500."""
+        metrics = self._metrics
+
+        async def endpoint(request: Request) -> Response:
+            started = time.perf_counter()
+            try:
+                response = await handler(request)
+                result = "ok"
+            except BadRequest as err:
+                response = error_response(400, str(err))
+                result = "bad-request"
+            except Exception:
+                log.exception("/%s failed", verb)
+                response = error_response(500, f"{verb}: internal error, see the extender log")
+                result = "error"
+            metrics.requests.labels(verb=verb, result=result).inc()
+            metrics.latency.labels(verb=verb).observe(time.perf_counter() - started)
+            return response
+
+        return endpoint
+
+
+@contextlib.asynccontextmanager
+async def lifespan(settings: Settings, deps: ExtenderDeps) -> AsyncIterator[None]:
+    """Start the watches and the telemetry poller, watch the policy file, sweep expired
+    reservations; stop it all on shutdown."""
+    store, metrics = deps.store, deps.metrics
+    tasks: set[asyncio.Task[Any]] = set()
+
+    def spawn(coroutine: Coroutine[Any, Any, Any], name: str) -> None:
+        task = asyncio.create_task(coroutine, name=name)
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    def apply_policy() -> None:
+        if store.set_policy(deps.policy.current):
+            log.info("resource names changed: relisting pods")
+            for watch in deps.watches:
+                watch.request_relist()
+
+    def on_reload(outcome: ReloadOutcome) -> None:
+        metrics.policy_reloads.labels(result="ok" if outcome.ok else "error").inc()
+        if outcome.ok:
+            # Rebuilding every node's state is too slow for the event loop.
+            spawn(asyncio.to_thread(apply_policy), "policy-apply")
+
+    async def sweep_reservations() -> None:
+        while True:
+            await asyncio.sleep(settings.reservation_sweep_seconds)
+            await asyncio.to_thread(store.expire_reservations)
+
+    services: list[BackgroundService] = [*deps.watches]
+    if deps.telemetry is not None:
+        services.append(deps.telemetry)
+    for service in services:
+        service.start()
+    spawn(deps.policy.watch(settings.policy_poll_seconds, on_reload), "policy-watch")
+    spawn(sweep_reservations(), "reservation-sweep")
+    try:
+        yield
+    finally:
+        for task in list(tasks):
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for service in services:
+            await asyncio.to_thread(service.stop)
+
+
+def read_pod(pod: dict[str, Any], policy: Policy) -> PodDemand:
+    try:
+        return read_demand(pod, policy.resource_names)
+    except DemandError as err:
+        raise BadRequest(f"Pod: {err}") from err
+
+
+async def parse(request: Request, model: type[M]) -> M:
+    """Read the body as `model`; anything else is a BadRequest naming each bad field."""
+    body = await request.body()
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as err:
+        raise BadRequest(f"malformed {model.__name__}: {describe_validation(err)}") from err
+
+
+def describe_validation(err: ValidationError, limit: int = 5) -> str:
+    problems = []
+    for item in err.errors(include_url=False, include_input=False)[:limit]:
+        where = ".".join(str(part) for part in item["loc"]) or "(body)"
+        problems.append(f"{where}: {item['msg']}")
+    more = err.error_count() - limit
+    return "; ".join(problems) + (f"; and {more} more" if more > 0 else "")
+
+
+def json_model(model: BaseModel) -> Response:
+    return Response(model.model_dump_json(by_alias=True), media_type="application/json")
+
+
+def error_response(status: int, message: str) -> Response:
+    # Shaped like the verbs' results, whose Error field a person reading it looks for.
+    return JSONResponse({"Error": message}, status_code=status)
+
+
+def not_ready_because(store: ClusterStore, policy: Policy) -> list[str]:
+    problems = []
+    if not store.synced:
+        problems.append("pod and node watches have not listed yet")
+    telemetry = store.telemetry_status
+    if not telemetry.fetched_once and policy.extender.stale_mode == "deny":
+        problems.append("no telemetry fetched yet and staleMode is deny")
+    return problems
+
+
+def describe_snapshot(snapshot: Snapshot, now: float, only: str | None = None) -> dict[str, Any]:
+    """The snapshot as JSON for /debug/snapshot: per node what the fit rule sees."""
+    telemetry = snapshot.telemetry
+    nodes = snapshot.nodes
+    if only is not None:
+        nodes = {only: nodes[only]} if only in nodes else {}
+    return {
+        "version": snapshot.version,
+        "synced": snapshot.synced,
+        "telemetry": {
+            "source": telemetry.source,
+            "failing": telemetry.failing,
+            "error": telemetry.error,
+            "ageSeconds": (
+                None if telemetry.fetched_at is None else round(now - telemetry.fetched_at, 1)
+            ),
+        },
+        "nodes": {name: describe_node(state, now) for name, state in sorted(nodes.items())},
+    }
+
+
+def describe_node(node: NodeState, now: float) -> dict[str, Any]:
+    live = node.live
+    return {
+        "known": node.known,
+        "capacityMiB": node.capacity.mib,
+        "capacitySource": node.capacity.source,
+        "declaredMiB": node.declared_mib,
+        "reservedMiB": node.reserved_mib(now),
+        "notYetUsingMiB": node.not_yet_using_mib(now),
+        "liveFreeMiB": None if live is None else live.free_mib,
+        "liveUsedMiB": None if live is None else live.used_mib,
+        "telemetryAgeSeconds": None if live is None else round(live.age(now), 1),
+        "pods": [
+            {
+                "namespace": pod.namespace,
+                "name": pod.name,
+                "uid": pod.uid,
+                "declaredMiB": pod.declared_mib,
+                "usedMiB": pod.used_mib,
+                "warmingUp": pod.warming(now),
+                "warmUntil": None if math.isinf(pod.warm_until) else pod.warm_until,
+            }
+            for pod in node.pods
+        ],
+        "reservations": [
+            {
+                "namespace": r.namespace,
+                "name": r.name,
+                "uid": r.uid,
+                "mib": r.mib,
+                "expiresInSeconds": round(r.expires_at - now, 1),
+            }
+            for r in node.reservations
+            if r.expires_at > now
+        ],
+    }
+
+
+__all__ = ["ExtenderDeps", "FixedPolicy", "create_app"]

@@ -1,0 +1,302 @@
+"""The Kubernetes side: list+watch of pods and nodes into the store, and the Binder.
+
+Objects are read as raw JSON (`_preload_content=False`): the store wants camelCase dicts for
+read_demand, and skipping the generated models' deserialization is much cheaper on a busy pod
+watch. Each watch runs in a daemon thread: list (paginated), then watch from the list's
+resourceVersion, resuming from the last seen version when the server ends the stream; a 410
+Gone relists; any other failure retries after an exponential backoff with jitter.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Literal, Protocol
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from extender.metrics import ExtenderMetrics
+from extender.snapshot import ClusterStore
+
+log = logging.getLogger(__name__)
+
+HTTP_GONE = 410
+Resource = Literal["pods", "nodes"]
+RawObject = dict[str, Any]
+
+
+class WatchExpired(Exception):
+    """The resourceVersion is too old (410 Gone): only a relist can continue."""
+
+
+class ListFunction(Protocol):
+    """CoreV1Api.list_pod_for_all_namespaces or CoreV1Api.list_node."""
+
+    def __call__(self, **kwargs: Any) -> Any: ...
+
+
+class ResourceWatch:
+    """Keep the store's view of one resource in sync with the API."""
+
+    def __init__(
+        self,
+        resource: Resource,
+        list_function: ListFunction,
+        replace: Callable[[list[RawObject]], None],
+        apply: Callable[[str, RawObject], None],
+        metrics: ExtenderMetrics,
+        *,
+        page_size: int = 500,
+        watch_timeout_seconds: int = 300,
+        backoff_initial_seconds: float = 0.5,
+        backoff_max_seconds: float = 30.0,
+    ) -> None:
+        self.resource = resource
+        self._list_function = list_function
+        self._replace = replace
+        self._apply = apply
+        self._metrics = metrics
+        self._page_size = page_size
+        self._watch_timeout = watch_timeout_seconds
+        self._backoff_initial = backoff_initial_seconds
+        self._backoff_max = backoff_max_seconds
+        self._stop = threading.Event()
+        self._relist = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(
+            target=self.run, name=f"vramguard-watch-{self.resource}", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        # The thread may sit in a socket read until the server ends the watch; it is a daemon
+        # thread and stops at its next event, so do not wait long for it.
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=1)
+
+    def request_relist(self) -> None:
+        """Relist at the next event or stream end (the policy changed what a GPU pod is)."""
+        self._relist.set()
+
+    def run(self) -> None:
+        """List and watch until stopped."""
+        delay = self._backoff_initial
+        while not self._stop.is_set():
+            try:
+                self._relist.clear()
+                version = self.list_once()
+                delay = self._backoff_initial
+                while not self._stop.is_set() and not self._relist.is_set():
+                    version = self.watch_once(version)
+                if self._relist.is_set():
+                    self._restarted("relist", "relisting on request")
+            except WatchExpired as err:
+                self._restarted("expired", f"watch expired, relisting: {err}")
+            except Exception as err:  # network, apiserver, garbage: all retried the same way
+                self._restarted("error", f"failed, retrying in {delay:.1f}s: {err}")
+                # Jitter spreads the reconnects of many replicas after an apiserver restart.
+                self._stop.wait(delay * random.uniform(0.8, 1.2))
+                delay = min(delay * 2, self._backoff_max)
+
+    def list_once(self) -> str:
+        """List every object, page by page, into the store; returns the resourceVersion."""
+        items: list[RawObject] = []
+        token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {
+                "limit": self._page_size,
+                "_preload_content": False,
+                "_request_timeout": 60,
+            }
+            if token:
+                kwargs["_continue"] = token
+            page = _read_json(self._call(**kwargs))
+            items.extend(item for item in page.get("items") or () if isinstance(item, dict))
+            metadata = page.get("metadata") or {}
+            token = metadata.get("continue")
+            if not token:
+                break
+        version = metadata.get("resourceVersion")
+        if not isinstance(version, str) or not version:
+            raise ValueError(f"{self.resource} list has no resourceVersion")
+        self._replace(items)
+        log.info("listed %d %s at resourceVersion %s", len(items), self.resource, version)
+        return version
+
+    def watch_once(self, version: str) -> str:
+        """Apply watch events until the server ends the stream; returns the last version."""
+        response = self._call(
+            watch=True,
+            resource_version=version,
+            allow_watch_bookmarks=True,
+            timeout_seconds=self._watch_timeout,
+            _preload_content=False,
+            # A read timeout past the server-side one detects a connection that died silently.
+            _request_timeout=(10, self._watch_timeout + 30),
+        )
+        try:
+            for line in _lines(response):
+                event = json.loads(line)
+                kind = event.get("type")
+                obj = event.get("object")
+                if not isinstance(obj, dict):
+                    raise ValueError(f"watch event without object: {line[:200]}")
+                if kind == "ERROR":
+                    if obj.get("code") == HTTP_GONE:
+                        raise WatchExpired(obj.get("message", "410 Gone"))
+                    raise ValueError(f"watch error {obj.get('code')}: {obj.get('message')}")
+                new_version = (obj.get("metadata") or {}).get("resourceVersion")
+                if kind in ("ADDED", "MODIFIED", "DELETED"):
+                    self._apply(kind, obj)
+                if isinstance(new_version, str) and new_version:
+                    version = new_version
+                if self._stop.is_set() or self._relist.is_set():
+                    break
+        finally:
+            response.close()
+            release = getattr(response, "release_conn", None)
+            if release is not None:
+                release()
+        return version
+
+    def _call(self, **kwargs: Any) -> Any:
+        try:
+            return self._list_function(**kwargs)
+        except ApiException as err:
+            if err.status == HTTP_GONE:
+                raise WatchExpired(str(err.reason)) from err
+            raise
+
+    def _restarted(self, reason: str, message: str) -> None:
+        self._metrics.watch_restarts.labels(resource=self.resource, reason=reason).inc()
+        level = logging.INFO if reason != "error" else logging.WARNING
+        log.log(level, "%s watch: %s", self.resource, message)
+
+
+def _read_json(response: Any) -> Mapping[str, Any]:
+    try:
+        body = json.loads(response.data)
+    finally:
+        release = getattr(response, "release_conn", None)
+        if release is not None:
+            release()
+    if not isinstance(body, dict):
+        raise ValueError(f"list answer is not an object: {str(body)[:200]}")
+    return body
+
+
+def _lines(response: Any) -> Iterator[str]:
+    """Lines of a streamed watch response (one JSON event per line)."""
+    buffer = bytearray()
+    for chunk in response.stream(amt=None, decode_content=False):
+        buffer.extend(chunk if isinstance(chunk, bytes) else str(chunk).encode())
+        start = 0
+        while (end := buffer.find(b"\n", start)) != -1:
+            line = buffer[start:end].strip()
+            if line:
+                yield line.decode("utf-8", errors="replace")
+            start = end + 1
+        del buffer[:start]
+    if buffer.strip():
+        yield buffer.strip().decode("utf-8", errors="replace")
+
+
+def pod_watch(
+    core: Any, store: ClusterStore, metrics: ExtenderMetrics, **options: Any
+) -> ResourceWatch:
+    return ResourceWatch(
+        "pods",
+        core.list_pod_for_all_namespaces,
+        store.replace_pods,
+        store.apply_pod_event,
+        metrics,
+        **options,
+    )
+
+
+def node_watch(
+    core: Any, store: ClusterStore, metrics: ExtenderMetrics, **options: Any
+) -> ResourceWatch:
+    return ResourceWatch(
+        "nodes", core.list_node, store.replace_nodes, store.apply_node_event, metrics, **options
+    )
+
+
+# --- Binding ------------------------------------------------------------
+
+
+class BindError(Exception):
+    """The Binding could not be created; the message says why."""
+
+
+class Binder(Protocol):
+    def bind(self, namespace: str, name: str, uid: str, node: str) -> None:
+        """Bind the pod to the node (blocking); raise BindError on failure."""
+
+
+class KubernetesBinder:
+    """Creates the pods/binding subresource, as the default binder does."""
+
+    def __init__(self, core: Any, timeout_seconds: float = 10.0) -> None:
+        self._core = core
+        self._timeout = timeout_seconds
+
+    def bind(self, namespace: str, name: str, uid: str, node: str) -> None:
+        body = client.V1Binding(
+            # The UID makes the apiserver refuse to bind a newer pod of the same name.
+            metadata=client.V1ObjectMeta(name=name, namespace=namespace, uid=uid),
+            target=client.V1ObjectReference(api_version="v1", kind="Node", name=node),
+        )
+        try:
+            # Raw response: the generated client fails to deserialize a Binding answer.
+            response = self._core.create_namespaced_pod_binding(
+                name=name,
+                namespace=namespace,
+                body=body,
+                _preload_content=False,
+                _request_timeout=self._timeout,
+            )
+            response.release_conn()
+        except ApiException as err:
+            raise BindError(
+                f"binding {namespace}/{name} to {node}: {err.status} {_api_message(err)}"
+            ) from err
+        except Exception as err:  # urllib3 and socket errors
+            raise BindError(f"binding {namespace}/{name} to {node}: {err}") from err
+
+
+def _api_message(err: ApiException) -> str:
+    try:
+        message = json.loads(err.body or "")["message"]
+    except (ValueError, KeyError, TypeError):
+        return str(err.reason)
+    return str(message)
+
+
+def core_api(kubeconfig: str | None, pool_size: int = 32) -> Any:
+    """A CoreV1Api from a kubeconfig file, else the in-cluster service account, else the
+    default kubeconfig. A Configuration of its own: load_kube_config would change the global
+    default that other code in the process might use."""
+    configuration = client.Configuration()
+    if kubeconfig:
+        config.load_kube_config(  # type: ignore[no-untyped-call]
+            config_file=kubeconfig, client_configuration=configuration
+        )
+    elif os.environ.get("KUBERNETES_SERVICE_HOST"):
+        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    else:
+        config.load_kube_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    # Two long-lived watch connections plus concurrent binds.
+    configuration.connection_pool_maxsize = pool_size
+    # No urllib3 retries: the watches back off and relist themselves, and a Binding POST
+    # retried after a lost answer would report 409 for a bind that succeeded.
+    configuration.retries = 0
+    return client.CoreV1Api(client.ApiClient(configuration))

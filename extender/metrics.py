@@ -1,0 +1,114 @@
+"""Prometheus metrics of the extender, in a registry of its own per app (tests build many)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from extender.snapshot import ClusterStore
+
+PREFIX = "vramguard_extender_"
+# The filter budget is a few milliseconds; the coarse defaults would hide it.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
+
+
+class ExtenderMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            PREFIX + "requests_total",
+            "Extender requests by verb and result.",
+            ["verb", "result"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            PREFIX + "request_duration_seconds",
+            "Extender request latency by verb.",
+            ["verb"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.nodes_filtered_out = Counter(
+            PREFIX + "nodes_filtered_out_total",
+            "Nodes refused to a GPU pod by /filter, by reason kind.",
+            ["reason"],
+            registry=r,
+        )
+        self.stale_decisions = Counter(
+            PREFIX + "stale_telemetry_decisions_total",
+            "Node decisions taken without fresh live telemetry: budget-only passes a node on "
+            "declared budgets alone, deny refuses it.",
+            ["mode"],
+            registry=r,
+        )
+        self.telemetry_fetches = Counter(
+            PREFIX + "telemetry_fetches_total",
+            "Telemetry fetches by result.",
+            ["result"],
+            registry=r,
+        )
+        self.telemetry_up = Gauge(
+            PREFIX + "telemetry_up", "1 when the last telemetry fetch succeeded.", registry=r
+        )
+        self.telemetry_age = Gauge(
+            PREFIX + "telemetry_age_seconds",
+            "Seconds since the last successful telemetry fetch (-1: never).",
+            registry=r,
+        )
+        self.telemetry_stale_nodes = Gauge(
+            PREFIX + "telemetry_stale_nodes",
+            "Nodes whose live telemetry is missing or older than maxAgeSeconds.",
+            registry=r,
+        )
+        self.bind_results = Counter(
+            PREFIX + "binds_total",
+            "Binds by result: bound, refused (no longer fits), unknown-pod, api-error.",
+            ["result"],
+            registry=r,
+        )
+        self.reservations = Gauge(
+            PREFIX + "reservations",
+            "VRAM reservations of binds not yet seen by the watch.",
+            registry=r,
+        )
+        self.watch_restarts = Counter(
+            PREFIX + "watch_restarts_total",
+            "Pod and node watch restarts: expired (410 Gone, relist), error (backoff), "
+            "relist (requested).",
+            ["resource", "reason"],
+            registry=r,
+        )
+        self.policy_reloads = Counter(
+            PREFIX + "policy_reloads_total",
+            "Policy file reloads by result.",
+            ["result"],
+            registry=r,
+        )
+
+    def observe_store(self, store: ClusterStore, clock: Callable[[], float] = time.time) -> None:
+        """Gauges read from the store when scraped."""
+
+        def telemetry_age() -> float:
+            fetched_at = store.telemetry_status.fetched_at
+            return -1.0 if fetched_at is None else max(0.0, clock() - fetched_at)
+
+        def stale_nodes() -> float:
+            now = clock()
+            max_age = store.policy.extender.max_age_seconds
+            return sum(
+                1
+                for node in store.snapshot().nodes.values()
+                if node.known
+                and node.capacity.mib is not None
+                and (node.live is None or node.live.age(now) > max_age)
+            )
+
+        self.telemetry_age.set_function(telemetry_age)
+        self.telemetry_stale_nodes.set_function(stale_nodes)
+        self.reservations.set_function(store.active_reservations)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,116 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from extender.__main__ import build_deps, load_settings, main
+from extender.cluster import KubernetesBinder, ResourceWatch
+from extender.telemetry import TelemetryPoller
+from gpumem.policy_file import PolicyFile
+
+KUBECONFIG = """\
+apiVersion: v1
+kind: Config
+clusters:
+- name: test
+  cluster: {server: "https://127.0.0.1:6443", insecure-skip-tls-verify: true}
+users:
+- name: test
+  user: {token: not-a-real-token}
+contexts:
+- name: test
+  context: {cluster: test, user: test}
+current-context: test
+"""
+
+
+@pytest.fixture
+def policy(tmp_path: Path) -> Path:
+    path = tmp_path / "policy.yaml"
+    path.write_text("extender:\n  floorMiB: 256\n")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("POLICY", "PROMETHEUS_URL", "PORT", "HOST", "TLS_CERT", "TLS_KEY"):
+        monkeypatch.delenv(f"VRAMGUARD_EXTENDER_{name}", raising=False)
+
+
+def test_command_line(policy: Path) -> None:
+    settings = load_settings(
+        ["--policy", str(policy), "--prometheus-url", "http://prometheus:9090", "--port", "9443"]
+    )
+    assert settings.policy == policy
+    assert settings.prometheus_url == "http://prometheus:9090"
+    assert settings.port == 9443
+    assert settings.host == "127.0.0.1"
+    assert not settings.tls_enabled
+
+
+def test_environment_and_command_line_wins(policy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VRAMGUARD_EXTENDER_POLICY", str(policy))
+    monkeypatch.setenv("VRAMGUARD_EXTENDER_PROMETHEUS_URL", "http://from-env:9090")
+    monkeypatch.setenv("VRAMGUARD_EXTENDER_PORT", "7000")
+    assert load_settings([]).port == 7000
+    settings = load_settings(["--port", "7001"])
+    assert settings.port == 7001
+    assert settings.prometheus_url == "http://from-env:9090"
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--tls-cert", "tls.crt"],
+        ["--client-ca", "ca.crt"],
+        ["--port", "70000"],
+    ],
+)
+def test_invalid_settings_exit_2(policy: Path, extra: list[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        load_settings(["--policy", str(policy), "--prometheus-url", "http://p", *extra])
+    assert exit_info.value.code == 2
+
+
+def test_missing_required_settings_exit_2() -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        load_settings([])
+    assert exit_info.value.code == 2
+
+
+def test_plain_http_off_loopback_is_refused(
+    policy: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["--policy", str(policy), "--prometheus-url", "http://p", "--host", "0.0.0.0"])
+    assert code == 2
+    assert "refusing to serve plain HTTP on '0.0.0.0'" in capsys.readouterr().err
+
+
+def test_broken_policy_is_refused_at_startup(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("extender:\n  floorMiB: lots\n")
+    assert main(["--policy", str(broken), "--prometheus-url", "http://p"]) == 2
+    assert "extender.floorMiB" in capsys.readouterr().err
+
+
+def test_production_wiring_from_a_kubeconfig(policy: Path, tmp_path: Path) -> None:
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(KUBECONFIG)
+    settings = load_settings(
+        [
+            "--policy",
+            str(policy),
+            "--prometheus-url",
+            "http://p:9090",
+            "--kubeconfig",
+            str(kubeconfig),
+        ]
+    )
+    deps = build_deps(settings, PolicyFile(policy))
+    assert isinstance(deps.binder, KubernetesBinder)
+    assert [w.resource for w in deps.watches if isinstance(w, ResourceWatch)] == ["pods", "nodes"]
+    assert isinstance(deps.telemetry, TelemetryPoller)
+    assert deps.store.policy.extender.floor_mib == 256
