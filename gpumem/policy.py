@@ -190,6 +190,20 @@ class Policy(_Model):
             raise ValueError("gpumemResourceName must not also be listed in gpuResourceNames")
         return self
 
+    @model_validator(mode="after")
+    def _defaults_within_caps(self) -> Policy:
+        # A budget above its own cap would deny every pod that declares nothing.
+        for where, namespace in [("defaults", None)] + [
+            (f"namespaces.{name}", name) for name in self.namespaces
+        ]:
+            rules = self.for_namespace(namespace or "")
+            cap = rules.max_gpumem_mib
+            if cap is not None and rules.gpumem_mib > cap:
+                raise ValueError(
+                    f"{where}: gpumemMiB {rules.gpumem_mib} is above maxGpumemMiB {cap}"
+                )
+        return self
+
     @property
     def resource_names(self) -> ResourceNames:
         return ResourceNames(frozenset(self.gpu_resource_names), self.gpumem_resource_name)
@@ -275,6 +289,8 @@ def read_policy_text(path: Path) -> str:
         return path.read_text(encoding="utf-8")
     except OSError as err:
         raise PolicyError(f"{path}: cannot read policy file: {err.strerror or err}") from err
+    except UnicodeDecodeError as err:
+        raise PolicyError(f"{path}: not UTF-8 text: {err}") from err
 
 
 def load_policy(path: str | Path) -> Policy:
@@ -285,8 +301,9 @@ def load_policy(path: str | Path) -> Policy:
 def _describe(err: ValidationError) -> str:
     problems = []
     for item in err.errors():
-        where = ".".join(str(part) for part in item["loc"]) or "(top level)"
-        problems.append(f"{where}: {item['msg']}")
+        message = item["msg"].removeprefix("Value error, ")
+        where = ".".join(str(part) for part in item["loc"])
+        problems.append(f"{where}: {message}" if where else message)
     return "; ".join(problems)
 
 

@@ -64,7 +64,12 @@ class PolicyFile:
         """Poll the file until cancelled; file reads run off the event loop."""
         while True:
             await asyncio.sleep(interval)
-            outcome = await asyncio.to_thread(self.reload_if_changed)
+            try:
+                outcome = await asyncio.to_thread(self.reload_if_changed)
+            except Exception:
+                # A watcher that dies would freeze the policy without a word; keep polling.
+                log.exception("policy reload check failed")
+                continue
             if outcome is not None:
                 on_outcome(outcome)
 

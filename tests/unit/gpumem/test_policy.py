@@ -81,6 +81,11 @@ def test_empty_file_is_all_defaults() -> None:
         ("extender: {staleMode: maybe}", "extender.staleMode"),
         ("extender: {telemetry: {preset: custom}}", "needs queries.freeMiB"),
         ("- a list", "top level must be a mapping"),
+        ("defaults: {gpumemMiB: 900, maxGpumemMiB: 800}", "defaults: gpumemMiB 900 is above"),
+        (
+            "defaults: {gpumemMiB: 500, maxGpumemMiB: 800}\nnamespaces: {big: {gpumemMiB: 900}}",
+            "namespaces.big: gpumemMiB 900 is above maxGpumemMiB 800",
+        ),
         ("key: [unclosed", "not valid YAML"),
     ],
 )
@@ -89,6 +94,13 @@ def test_invalid_policy_names_the_field(text: str, message: str) -> None:
         parse_policy(text, "policy.yaml")
     assert str(info.value).startswith("policy.yaml: ")
     assert message in str(info.value)
+
+
+def test_load_policy_not_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_bytes(b"defaults: {priorityClassName: \xff}")
+    with pytest.raises(PolicyError, match="not UTF-8 text"):
+        load_policy(path)
 
 
 def test_load_policy_missing_file(tmp_path: Path) -> None:

@@ -1,0 +1,260 @@
+"""ClusterWatch: list+watch reflectors over scripted sources (no API server needed)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from kubernetes.client.exceptions import ApiException
+
+from webhook.cluster import (
+    ApiSource,
+    ClusterWatch,
+    RawObject,
+    ResourceExpired,
+    Retry,
+    api_client,
+)
+from webhook.policy import ClusterView
+
+FAST = Retry(first=0.01, longest=0.05, min_watch=0.01)
+
+Step = tuple[list[RawObject], str] | list[tuple[str, RawObject]] | Exception
+
+
+def obj(name: str, version: str = "1", **fields: Any) -> RawObject:
+    labels = fields.pop("labels", None)
+    metadata: dict[str, Any] = {"name": name, "resourceVersion": version}
+    if labels is not None:
+        metadata["labels"] = labels
+    return {"metadata": metadata, **fields}
+
+
+class ScriptedSource:
+    """Answers list() and watch() from scripts; once a script runs out, list() fails and
+    watch() blocks until stop(), like a quiet watch."""
+
+    def __init__(self, lists: list[Step], watches: list[Step] | None = None) -> None:
+        self.lists = list(lists)
+        self.watches = list(watches or [])
+        self.watched_from: list[str] = []
+        self._stopped = threading.Event()
+
+    def list(self) -> tuple[list[RawObject], str]:
+        if not self.lists:
+            raise RuntimeError("no more lists scripted")
+        step = self.lists.pop(0)
+        if isinstance(step, Exception):
+            raise step
+        assert isinstance(step, tuple)
+        return step
+
+    def watch(self, resource_version: str) -> Iterator[tuple[str, RawObject]]:
+        self.watched_from.append(resource_version)
+        if not self.watches:
+            self._stopped.wait(5)
+            return
+        step = self.watches.pop(0)
+        if isinstance(step, Exception):
+            raise step
+        assert isinstance(step, list)
+        yield from step
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.005)
+
+
+@pytest.fixture
+def running() -> Iterator[Callable[[ScriptedSource, ScriptedSource], ClusterWatch]]:
+    started: list[ClusterWatch] = []
+
+    def start(namespaces: ScriptedSource, classes: ScriptedSource) -> ClusterWatch:
+        cluster = ClusterWatch(namespaces, classes, retry=FAST)
+        cluster.start()
+        started.append(cluster)
+        return cluster
+
+    yield start
+    for cluster in started:
+        cluster.stop()
+
+
+NAMESPACES = ([obj("immich", labels={"tier": "1"}), obj("plain")], "10")
+CLASSES = (
+    [
+        obj("tier-1-gpu"),
+        obj("cluster-default", globalDefault=True),
+        obj("off", globalDefault=False),
+    ],
+    "20",
+)
+
+
+def test_unknown_until_synced() -> None:
+    cluster = ClusterWatch(ScriptedSource([]), ScriptedSource([]), retry=FAST)
+    assert cluster.view == ClusterView()
+    assert not cluster.synced
+
+
+def test_lists_become_the_view(running: Any) -> None:
+    cluster = running(ScriptedSource([NAMESPACES]), ScriptedSource([CLASSES]))
+    wait_for(lambda: cluster.synced)
+    view = cluster.view
+    assert view.labels_of("immich") == {"tier": "1"}
+    assert view.labels_of("plain") == {}
+    assert view.labels_of("unseen") is None
+    assert view.priority_classes == {"tier-1-gpu", "cluster-default", "off"}
+    assert view.global_default_class == "cluster-default"
+
+
+def test_watch_events_update_the_view(running: Any) -> None:
+    namespaces = ScriptedSource(
+        [NAMESPACES],
+        [
+            [
+                ("ADDED", obj("new", "11", labels={"tier": "0"})),
+                ("MODIFIED", obj("immich", "12", labels={"tier": "2"})),
+                ("DELETED", obj("plain", "13")),
+                ("BOOKMARK", {"metadata": {"resourceVersion": "15"}}),
+            ]
+        ],
+    )
+    classes = ScriptedSource(
+        [CLASSES], [[("MODIFIED", obj("tier-1-gpu", "21", globalDefault=True))]]
+    )
+    cluster = running(namespaces, classes)
+    wait_for(lambda: len(namespaces.watched_from) == 2 and len(classes.watched_from) == 2)
+    view = cluster.view
+    assert view.labels_of("new") == {"tier": "0"}
+    assert view.labels_of("immich") == {"tier": "2"}
+    assert view.labels_of("plain") is None
+    assert view.global_default_class == "cluster-default"  # two defaults: the first by name
+    # The next watch resumes from the last version seen, bookmarks included.
+    assert namespaces.watched_from == ["10", "15"]
+    assert classes.watched_from == ["20", "21"]
+
+
+def test_expired_watch_lists_again(running: Any) -> None:
+    namespaces = ScriptedSource(
+        [NAMESPACES, ([obj("after-relist")], "50")],
+        [ResourceExpired("too old resource version")],
+    )
+    cluster = running(namespaces, ScriptedSource([CLASSES]))
+    wait_for(lambda: cluster.view.labels_of("after-relist") is not None)
+    assert cluster.view.labels_of("immich") is None
+    assert namespaces.watched_from == ["10", "50"]
+
+
+def test_failures_are_retried(running: Any) -> None:
+    namespaces = ScriptedSource(
+        [ConnectionError("refused"), PermissionError("forbidden"), NAMESPACES],
+        [OSError("connection reset")],
+    )
+    namespaces.lists.append(([obj("relisted")], "60"))
+    cluster = running(namespaces, ScriptedSource([CLASSES]))
+    wait_for(lambda: cluster.view.labels_of("relisted") is not None)
+    assert cluster.synced
+
+
+def test_synced_needs_both_resources(running: Any) -> None:
+    cluster = running(ScriptedSource([NAMESPACES]), ScriptedSource([RuntimeError("down")] * 50))
+    wait_for(lambda: cluster.view.namespace_labels is not None)
+    assert not cluster.synced
+    assert cluster.view.priority_classes is None
+
+
+def test_stop_ends_the_threads() -> None:
+    cluster = ClusterWatch(ScriptedSource([NAMESPACES]), ScriptedSource([CLASSES]), retry=FAST)
+    cluster.start()
+    wait_for(lambda: cluster.synced)
+    cluster.stop(timeout=2)
+    assert not any(t.is_alive() for t in threading.enumerate() if t.name.startswith("watch-"))
+
+
+# --- ApiSource over the kubernetes client's list function and Watch --------------------------
+
+
+class FakeResponse:
+    """What a kubernetes list call returns with _preload_content=False."""
+
+    status = 200
+
+    def __init__(self, data: bytes = b"", lines: list[dict[str, Any]] | None = None) -> None:
+        self.data = data
+        self.lines = lines or []
+
+    def stream(self, amt: Any = None, decode_content: Any = None) -> Iterator[bytes]:
+        for line in self.lines:
+            yield json.dumps(line).encode() + b"\n"
+
+    def close(self) -> None:
+        pass
+
+    def release_conn(self) -> None:
+        pass
+
+
+def test_api_source_lists_raw_objects() -> None:
+    calls: list[dict[str, Any]] = []
+
+    def list_namespace(**kwargs: Any) -> FakeResponse:
+        calls.append(kwargs)
+        body = {"metadata": {"resourceVersion": "77"}, "items": [obj("a"), obj("b")]}
+        return FakeResponse(json.dumps(body).encode())
+
+    items, version = ApiSource(list_namespace).list()
+    assert [item["metadata"]["name"] for item in items] == ["a", "b"]
+    assert version == "77"
+    assert calls[0]["_preload_content"] is False
+
+
+def test_api_source_watch_yields_events_and_turns_410_into_expired() -> None:
+    def list_namespace(**kwargs: Any) -> FakeResponse:
+        assert kwargs["watch"] is True
+        assert kwargs["resource_version"] == "5"
+        assert kwargs["allow_watch_bookmarks"] is True
+        return FakeResponse(
+            lines=[
+                {"type": "ADDED", "object": obj("a", "6")},
+                {
+                    "type": "ERROR",
+                    "object": {
+                        "kind": "Status",
+                        "code": 410,
+                        "reason": "Expired",
+                        "message": "old",
+                    },
+                },
+            ]
+        )
+
+    events = ApiSource(list_namespace).watch("5")
+    assert next(events) == ("ADDED", obj("a", "6"))
+    with pytest.raises(ResourceExpired):
+        next(events)
+
+
+def test_api_source_list_410_is_expired() -> None:
+    def list_namespace(**_: Any) -> FakeResponse:
+        raise ApiException(status=410, reason="Gone")
+
+    with pytest.raises(ResourceExpired):
+        ApiSource(list_namespace).list()
+
+
+def test_no_api_access_without_kubeconfig_outside_a_cluster(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    assert api_client(None) is None

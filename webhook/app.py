@@ -1,0 +1,235 @@
+"""The HTTP edge: POST /mutate, health, readiness and metrics.
+
+Handlers do no blocking I/O: the policy and the cluster view are read from memory (kept
+current by the lifespan's policy watch and the cluster watches' threads), and deciding is
+pure CPU work well under a millisecond.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any, Protocol
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+
+from gpumem.policy_file import PolicyFile
+from webhook import responses
+from webhook.logs import FIELDS
+from webhook.metrics import WebhookMetrics
+from webhook.models import AdmissionRequest, InvalidReview, parse_review
+from webhook.policy import ClusterView, decide
+from webhook.settings import Settings
+
+log = logging.getLogger(__name__)
+
+JSON = "application/json"
+
+
+class ClusterSource(Protocol):
+    """Where the ClusterView comes from (ClusterWatch, or FixedCluster without API access)."""
+
+    @property
+    def view(self) -> ClusterView: ...
+
+    @property
+    def synced(self) -> bool: ...
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class FixedCluster:
+    """A cluster view that never changes. The default, unknown view is the one used without
+    API access: namespace labels, the globalDefault class and class existence are not checked."""
+
+    view: ClusterView = field(default_factory=ClusterView)
+    synced: bool = True
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class Dependencies:
+    policy_file: PolicyFile
+    cluster: ClusterSource = field(default_factory=FixedCluster)
+    metrics: WebhookMetrics = field(default_factory=WebhookMetrics)
+
+
+class RequestRejected(Exception):
+    """A request that gets an HTTP error instead of an AdmissionReview."""
+
+    def __init__(self, status: HTTPStatus, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def create_app(settings: Settings, deps: Dependencies) -> Starlette:
+    metrics = deps.metrics
+    metrics.cluster_synced.set_function(lambda: float(deps.cluster.synced))
+
+    async def mutate(request: Request) -> Response:
+        started = time.perf_counter()
+        try:
+            body = await _read_body(request, settings.max_body_bytes)
+            admission = parse_review(body)
+        except (RequestRejected, InvalidReview) as err:
+            rejected = (
+                err
+                if isinstance(err, RequestRejected)
+                else RequestRejected(HTTPStatus.BAD_REQUEST, str(err))
+            )
+            return _rejected(rejected, metrics, started)
+
+        fields: dict[str, Any] = _request_fields(admission)
+        try:
+            decision = decide(admission, deps.policy_file.current, deps.cluster.view)
+            reply = responses.from_decision(decision)
+            fields.update(decision=decision.outcome, message=decision.message)
+            if decision.changes:
+                fields["changes"] = dict(decision.changes)
+        except Exception as err:
+            # The pod is not admitted (failurePolicy would fail it too); the uid is kept so
+            # the API server shows this message instead of a transport error.
+            log.exception("deciding %s failed", admission.uid)
+            metrics.errors.labels("internal").inc()
+            reply = responses.errored(
+                HTTPStatus.INTERNAL_SERVER_ERROR.value,
+                f"vramguard: internal error: {type(err).__name__}: {err}",
+            )
+            fields.update(decision="errored", message=str(err))
+        body = responses.review_json(responses.complete(reply, admission.uid))
+        elapsed = time.perf_counter() - started
+        metrics.requests.labels(fields["decision"]).inc()
+        metrics.latency.observe(elapsed)
+        fields["duration_ms"] = round(elapsed * 1000, 3)
+        log.info("admission", extra={FIELDS: fields})
+        return Response(body, media_type=JSON)
+
+    async def healthz(_: Request) -> Response:
+        return PlainTextResponse("ok")
+
+    async def readyz(_: Request) -> Response:
+        if not deps.cluster.synced:
+            return PlainTextResponse(
+                "not ready: Namespace and PriorityClass watches not synced yet",
+                status_code=HTTPStatus.SERVICE_UNAVAILABLE,
+            )
+        return PlainTextResponse("ok")
+
+    async def metrics_endpoint(_: Request) -> Response:
+        return Response(metrics.render(), media_type=metrics.content_type)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        deps.cluster.start()
+        reload = asyncio.create_task(
+            _watch_policy(deps.policy_file, settings.policy_reload_seconds, metrics),
+            name="policy-watch",
+        )
+        try:
+            yield
+        finally:
+            reload.cancel()
+            await asyncio.wait([reload])
+            await asyncio.to_thread(deps.cluster.stop)
+
+    return Starlette(
+        routes=[
+            Route("/mutate", mutate, methods=["POST"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+            Route("/metrics", metrics_endpoint, methods=["GET"]),
+        ],
+        lifespan=lifespan,
+    )
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body of an application/json request of at most `limit` bytes."""
+    content_type = request.headers.get("content-type", "")
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    if media_type != JSON:
+        raise RequestRejected(
+            HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+            f"content type must be {JSON}, got {content_type or 'none'!r}",
+        )
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise RequestRejected(
+            HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+            f"body of {declared} bytes is over the {limit} byte limit",
+        )
+    chunks = []
+    size = 0
+    # Streamed, so a body without (or lying about) Content-Length is cut off at the limit.
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestRejected(
+                HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body is over the {limit} byte limit"
+            )
+        chunks.append(chunk)
+    if not size:
+        raise RequestRejected(HTTPStatus.BAD_REQUEST, "body is empty; expected an AdmissionReview")
+    return b"".join(chunks)
+
+
+def _rejected(err: RequestRejected, metrics: WebhookMetrics, started: float) -> Response:
+    elapsed = time.perf_counter() - started
+    metrics.requests.labels("invalid").inc()
+    metrics.errors.labels("invalid").inc()
+    metrics.latency.observe(elapsed)
+    log.warning(
+        "rejected request",
+        extra={
+            FIELDS: {
+                "decision": "invalid",
+                "status": err.status.value,
+                "message": err.message,
+                "duration_ms": round(elapsed * 1000, 3),
+            }
+        },
+    )
+    return Response(
+        responses.failure_status_json(err.status.value, err.message),
+        status_code=err.status.value,
+        media_type=JSON,
+    )
+
+
+def _request_fields(request: AdmissionRequest) -> dict[str, Any]:
+    metadata = request.object.get("metadata") if request.object else None
+    name = request.name
+    if not name and isinstance(metadata, Mapping):
+        # A pod created from a template has only generateName until it is stored.
+        name = str(metadata.get("name") or metadata.get("generateName") or "")
+    return {
+        "uid": request.uid,
+        "namespace": request.namespace,
+        "name": name,
+        "kind": request.kind.kind,
+        "operation": request.operation,
+        "dry_run": bool(request.dry_run),
+    }
+
+
+async def _watch_policy(policy_file: PolicyFile, interval: float, metrics: WebhookMetrics) -> None:
+    """Follow the policy file; a broken edit keeps the last good policy (PolicyFile logs it and
+    reports each failure once)."""
+    await policy_file.watch(interval, lambda outcome: metrics.policy_reloaded(outcome.ok))

@@ -1,0 +1,241 @@
+"""The admission decision for one request: pure data in, data out.
+
+`decide` reads the AdmissionRequest, the policy and what is known about the cluster, and
+returns a Decision: allowed or denied, the JSONPatch, and the warnings and audit annotations
+that say what was changed. It does no I/O, so every rule is tested as a table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from gpumem.demand import ContainerGpumem, DemandError, PodDemand, read_demand
+from gpumem.policy import NamespaceRules, Policy
+from webhook.models import AdmissionRequest
+from webhook.patching import PatchOperation, PodDraft
+
+DEFAULT_SCHEDULER = "default-scheduler"
+WARNING_PREFIX = "vramguard: "
+# The API server prefixes each key with the webhook's name and a slash (e.g.
+# `pods.vramguard.io/gpumem`) and drops keys that then hold two slashes, so keys are plain names.
+AUDIT_GPUMEM = "gpumem"
+AUDIT_PRIORITY_CLASS = "priority-class"
+AUDIT_PRIORITY_CLASS_SKIPPED = "priority-class-skipped"
+AUDIT_SCHEDULER = "scheduler-name"
+
+Outcome = Literal["patched", "allowed", "denied"]
+
+
+@dataclass(frozen=True)
+class ClusterView:
+    """What the webhook knows about the cluster, from watches. A field that is None is
+    unknown (no API access, or not synced yet), and the rules that need it are skipped."""
+
+    namespace_labels: Mapping[str, Mapping[str, str]] | None = None
+    priority_classes: frozenset[str] | None = None
+    global_default_class: str | None = None
+
+    def labels_of(self, namespace: str) -> Mapping[str, str] | None:
+        if self.namespace_labels is None:
+            return None
+        return self.namespace_labels.get(namespace)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The answer to one admission request."""
+
+    allowed: bool
+    message: str
+    patch: tuple[PatchOperation, ...] = ()
+    warnings: tuple[str, ...] = ()
+    audit_annotations: Mapping[str, str] = field(default_factory=dict)
+    # What was set on the pod, for the request log: field -> value.
+    changes: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def outcome(self) -> Outcome:
+        if not self.allowed:
+            return "denied"
+        return "patched" if self.patch else "allowed"
+
+
+def decide(request: AdmissionRequest, policy: Policy, cluster: ClusterView) -> Decision:
+    """Decide one AdmissionRequest. Anything but a Pod CREATE is allowed unchanged."""
+    pod = request.object
+    if not request.is_pod_create or pod is None:
+        return _unchanged("not a Pod CREATE")
+    namespace = request.namespace or _pod_namespace(pod)
+    rules = policy.for_namespace(namespace, cluster.labels_of(namespace))
+    if rules.excluded:
+        return _unchanged(f"namespace {namespace} is excluded")
+    try:
+        demand = read_demand(pod, policy.resource_names)
+    except DemandError as err:
+        return _denied(f"{err} (namespace {namespace})")
+    if not demand.is_gpu:
+        return _unchanged("not a GPU pod")
+
+    edit = _Edit(PodDraft(pod), rules, policy.gpumem_resource_name)
+    denial = edit.gpumem(demand)
+    if denial is not None:
+        return _denied(denial)
+    denial = edit.check_cap(policy)
+    if denial is not None:
+        return _denied(denial)
+    edit.priority_class(cluster)
+    edit.scheduler(policy.scheduler_name)
+    return edit.decision()
+
+
+class _Edit:
+    """The changes to one GPU pod, and the notes (warnings, audit, log) that describe them."""
+
+    def __init__(self, draft: PodDraft, rules: NamespaceRules, gpumem: str) -> None:
+        self.draft = draft
+        self.rules = rules
+        self.gpumem_name = gpumem
+        self.warnings: list[str] = []
+        self.audit: dict[str, str] = {}
+        self.changes: dict[str, str] = {}
+
+    def gpumem(self, demand: PodDemand) -> str | None:
+        """Inject the namespace budget, or normalize the declared one; a denial or None."""
+        declaring = [c for c in demand.containers if c.declared_mib is not None]
+        namespace = self.rules.namespace
+        if not declaring:
+            if self.rules.require_declaration:
+                return (
+                    f"namespace {namespace} requires GPU pods to declare {self.gpumem_name} "
+                    "(MiB, request equal to limit) on their GPU containers; this pod declares none"
+                )
+            target = demand.first_gpu_container
+            assert target is not None, "a GPU pod has a GPU container"
+            mib = str(self.rules.gpumem_mib)
+            self._set_gpumem(target, mib)
+            self.warnings.append(f"injected {self.gpumem_name}={mib} (namespace {namespace})")
+            self.changes["gpumem"] = mib
+            return None
+        for container in declaring:
+            request, limit = container.request_mib, container.limit_mib
+            if request is not None and limit is not None and request != limit:
+                return (
+                    f"container {container.name!r}: {self.gpumem_name} request {request} MiB "
+                    f"differs from limit {limit} MiB; an extended resource needs request equal "
+                    "to limit (set both to the same value, or only the limit)"
+                )
+            mib = str(container.declared_mib)
+            before = self._raw_gpumem(container)
+            if before != (mib, mib):
+                self._set_gpumem(container, mib)
+                self.warnings.append(
+                    f"set {self.gpumem_name}={mib} on container {_shown(container.name)} "
+                    f"(was request {_shown(before[0])}, limit {_shown(before[1])})"
+                )
+                self.changes[f"gpumem[{_shown(container.name)}]"] = mib
+        return None
+
+    def check_cap(self, policy: Policy) -> str | None:
+        """Deny a pod whose GPU memory, as the scheduler will count it, is above the cap."""
+        cap = self.rules.max_gpumem_mib
+        total = read_demand(self.draft.current, policy.resource_names).declared_mib or 0
+        self.audit[AUDIT_GPUMEM] = str(total)
+        if cap is None or total <= cap:
+            return None
+        # The policy model keeps gpumemMiB within maxGpumemMiB, so only a declaration gets here.
+        return (
+            f"pod declares {self.gpumem_name}={total} MiB, above the cap of {cap} MiB "
+            f"(maxGpumemMiB) for namespace {self.rules.namespace}"
+        )
+
+    def priority_class(self, cluster: ClusterView) -> None:
+        """Set the policy's class unless the pod chose its own (anything but the default)."""
+        target = self.rules.priority_class_name
+        if target is None:
+            return
+        path = ("spec", "priorityClassName")
+        current = self.draft.get(path)
+        current_name = current if isinstance(current, str) else ""
+        if current_name == target:
+            return
+        is_cluster_default = bool(current_name) and current_name == cluster.global_default_class
+        if current_name and not is_cluster_default:
+            return
+        source = self.rules.priority_class_source
+        if cluster.priority_classes is not None and target not in cluster.priority_classes:
+            self.warnings.append(
+                f"PriorityClass {target} ({source}) does not exist; "
+                f"priorityClassName left {_shown(current_name) if current_name else 'unset'}"
+            )
+            self.audit[AUDIT_PRIORITY_CLASS_SKIPPED] = target
+            return
+        self.draft.set(path, target)
+        # The Priority admission plugin runs again after a webhook changed the pod, and it
+        # rejects a priority integer computed for the old class: let it compute a new one.
+        self.draft.remove(("spec", "priority"))
+        self.draft.remove(("spec", "preemptionPolicy"))
+        self.warnings.append(f"set priorityClassName={target} ({source})")
+        self.audit[AUDIT_PRIORITY_CLASS] = target
+        self.changes["priorityClassName"] = target
+
+    def scheduler(self, scheduler_name: str | None) -> None:
+        """Send the pod to the policy's scheduler unless it asked for a specific one."""
+        if scheduler_name is None:
+            return
+        path = ("spec", "schedulerName")
+        current = self.draft.get(path)
+        if isinstance(current, str) and current not in ("", DEFAULT_SCHEDULER):
+            return
+        if current == scheduler_name:
+            return
+        self.draft.set(path, scheduler_name)
+        self.warnings.append(f"set schedulerName={scheduler_name}")
+        self.audit[AUDIT_SCHEDULER] = scheduler_name
+        self.changes["schedulerName"] = scheduler_name
+
+    def decision(self) -> Decision:
+        patch = tuple(self.draft.patch())
+        return Decision(
+            allowed=True,
+            message="patched" if patch else "nothing to change",
+            patch=patch,
+            warnings=tuple(WARNING_PREFIX + w for w in self.warnings),
+            audit_annotations=self.audit,
+            changes=self.changes,
+        )
+
+    def _raw_gpumem(self, container: ContainerGpumem) -> tuple[Any, Any]:
+        resources = ("spec", container.list_name, container.index, "resources")
+        return (
+            self.draft.get((*resources, "requests", self.gpumem_name)),
+            self.draft.get((*resources, "limits", self.gpumem_name)),
+        )
+
+    def _set_gpumem(self, container: ContainerGpumem, mib: str) -> None:
+        resources = ("spec", container.list_name, container.index, "resources")
+        self.draft.set((*resources, "requests", self.gpumem_name), mib)
+        self.draft.set((*resources, "limits", self.gpumem_name), mib)
+
+
+def _unchanged(reason: str) -> Decision:
+    return Decision(allowed=True, message=reason)
+
+
+def _denied(message: str) -> Decision:
+    return Decision(allowed=False, message=WARNING_PREFIX + message)
+
+
+def _pod_namespace(pod: Mapping[str, Any]) -> str:
+    metadata = pod.get("metadata")
+    namespace = metadata.get("namespace") if isinstance(metadata, Mapping) else None
+    return namespace if isinstance(namespace, str) else ""
+
+
+def _shown(value: object) -> str:
+    """A value from the pod as it may appear in a warning: printable and short."""
+    if value is None:
+        return "unset"
+    text = "".join(ch if ch.isprintable() else "?" for ch in str(value))
+    return text if len(text) <= 40 else text[:37] + "..."
