@@ -1,23 +1,30 @@
 """`python -m extender --policy FILE --prometheus-url URL [...]`: serve the scheduler extender.
 
 Plain HTTP only on loopback (kube-scheduler in the same pod); anywhere else HTTPS, requiring
-client certificates when --client-ca is given.
+client certificates when --client-ca is given. --metrics-port adds a second listener, in the
+same process and event loop, serving only /metrics, /healthz and /readyz (plain HTTP, any
+address): what Prometheus and the kubelet need, without exposing the verbs.
+--advertise-interval runs `vramguard advertise` in a background thread.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
+import uvicorn
 from pydantic import ValidationError
+from starlette.types import ASGIApp
 
 from certs.reloading import CertificateLoadError, ReloadingTLS
-from certs.serving import InsecureBindError, require_tls_unless_loopback, serve
-from extender.app import ExtenderDeps, create_app, describe_validation
-from extender.cluster import KubernetesBinder, core_api, node_watch, pod_watch
+from certs.serving import InsecureBindError, build_server, require_tls_unless_loopback, run_server
+from extender.advertise import Advertiser, AdvertiserService
+from extender.app import ExtenderDeps, create_app, create_metrics_app, describe_validation
+from extender.cluster import KubernetesBinder, KubernetesNodes, core_api, node_watch, pod_watch
 from extender.metrics import ExtenderMetrics
 from extender.settings import Settings
 from extender.snapshot import ClusterStore
@@ -48,6 +55,21 @@ def build_parser() -> argparse.ArgumentParser:
     add("--tls-cert", default=suppress, help="serving certificate (PEM)")
     add("--tls-key", default=suppress, help="serving key (PEM)")
     add("--client-ca", default=suppress, help="CA that client certificates must chain to")
+    add(
+        "--metrics-port",
+        type=int,
+        default=suppress,
+        help="also serve /metrics, /healthz, /readyz (only) in plain HTTP on this port",
+    )
+    add("--metrics-host", default=suppress, help="listen address of --metrics-port (0.0.0.0)")
+    add(
+        "--advertise-interval",
+        type=float,
+        default=suppress,
+        metavar="SECONDS",
+        help="advertise each GPU node's gpumem from its GFD labels every SECONDS "
+        "(as `vramguard advertise`; needs patch on nodes/status); 0: off (default)",
+    )
     add("--log-level", default=suppress, choices=["critical", "error", "warning", "info", "debug"])
     return parser
 
@@ -68,6 +90,12 @@ def build_deps(settings: Settings, policy_file: PolicyFile) -> ExtenderDeps:
     store = ClusterStore(policy_file.current)
     core = core_api(str(settings.kubeconfig) if settings.kubeconfig else None)
     options = {"watch_timeout_seconds": settings.watch_timeout_seconds}
+    services = []
+    if settings.advertise_interval > 0:
+        advertiser = Advertiser(
+            KubernetesNodes(core), lambda: policy_file.current, quiet_repeats=True
+        )
+        services.append(AdvertiserService(advertiser, settings.advertise_interval))
     return ExtenderDeps(
         store=store,
         binder=KubernetesBinder(core, settings.bind_timeout_seconds),
@@ -83,6 +111,7 @@ def build_deps(settings: Settings, policy_file: PolicyFile) -> ExtenderDeps:
             lambda: policy_file.current,
             metrics,
         ),
+        services=services,
     )
 
 
@@ -102,10 +131,76 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (InsecureBindError, PolicyError, CertificateLoadError) as err:
         print(f"vramguard extender: {err}", file=sys.stderr)
         return USAGE_ERROR
-    app = create_app(settings, build_deps(settings, policy_file))
-    log.info("serving on %s:%d (%s)", settings.host, settings.port, "https" if tls else "http")
-    asyncio.run(serve(app, settings.host, settings.port, tls, log_level=settings.log_level))
+    deps = build_deps(settings, policy_file)
+    app = create_app(settings, deps)
+    metrics_app = create_metrics_app(deps) if settings.metrics_port is not None else None
+    asyncio.run(serve_extender(settings, app, tls, metrics_app))
     return 0
+
+
+async def serve_extender(
+    settings: Settings, app: ASGIApp, tls: ReloadingTLS | None, metrics_app: ASGIApp | None
+) -> None:
+    """Serve the extender until SIGTERM/SIGINT, and the metrics app beside it when given."""
+    server = build_server(app, settings.host, settings.port, tls, log_level=settings.log_level)
+    log.info("serving on %s:%d (%s)", settings.host, settings.port, "https" if tls else "http")
+    metrics_server = None
+    if metrics_app is not None and settings.metrics_port is not None:
+        metrics_server = build_metrics_server(
+            metrics_app, settings.metrics_host, settings.metrics_port, settings.log_level
+        )
+        log.info(
+            "serving /metrics /healthz /readyz on %s:%d (http)",
+            settings.metrics_host,
+            settings.metrics_port,
+        )
+    await serve_together(server, tls, metrics_server)
+
+
+async def serve_together(
+    server: uvicorn.Server, tls: ReloadingTLS | None, metrics_server: uvicorn.Server | None
+) -> None:
+    """Run the main server and, beside it, the metrics server, in one event loop.
+
+    The main server owns the signals and the lifespan (watches, poller, advertiser). The
+    metrics server stops when the main one does; if it stops first (it could not bind, say),
+    the main one is stopped too, so a half-working extender never lingers: the kubelet
+    restarts it.
+    """
+    if metrics_server is None:
+        await run_server(server, tls)
+        return
+    metrics_task = asyncio.create_task(metrics_server.serve(), name="metrics-server")
+
+    def metrics_stopped(task: asyncio.Task[None]) -> None:
+        if not server.should_exit:
+            log.error("the metrics listener stopped; stopping the extender")
+            server.should_exit = True
+
+    metrics_task.add_done_callback(metrics_stopped)
+    try:
+        await run_server(server, tls)
+    finally:
+        metrics_server.should_exit = True
+        await asyncio.wait([metrics_task])
+
+
+class _QuietServer(uvicorn.Server):
+    """A uvicorn Server that leaves signal handling to the main server of the process."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def build_metrics_server(app: ASGIApp, host: str, port: int, log_level: str) -> uvicorn.Server:
+    """Plain HTTP on any address (certs.serving refuses that for the verbs, rightly): only
+    counters and "ok" are served. No lifespan: the main app's runs the background work."""
+    config = uvicorn.Config(
+        app, host=host, port=port, lifespan="off", log_level=log_level, access_log=False
+    )
+    config.load()
+    return _QuietServer(config)
 
 
 if __name__ == "__main__":

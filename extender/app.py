@@ -1,5 +1,6 @@
-"""The extender's HTTP app: POST /filter /prioritize /bind /preempt for kube-scheduler, and
-GET /healthz /readyz /metrics /debug/snapshot.
+"""The extender's HTTP apps: POST /filter /prioritize /bind /preempt for kube-scheduler, and
+GET /healthz /readyz /metrics /debug/snapshot; and a metrics-only app (GET /metrics /healthz
+/readyz) for a listener that Prometheus and the kubelet's probes can reach.
 
 Requests read the store's frozen snapshot and never call the API or Prometheus; the one
 exception is the Binding that /bind creates, in a worker thread. Filter, prioritize and preempt
@@ -102,6 +103,8 @@ class ExtenderDeps:
     metrics: ExtenderMetrics = field(default_factory=ExtenderMetrics)
     watches: Sequence[Watch] = ()
     telemetry: BackgroundService | None = None
+    # Anything else that runs beside the app (the GPU-memory advertiser).
+    services: Sequence[BackgroundService] = ()
     clock: Callable[[], float] = time.time
 
 
@@ -121,9 +124,7 @@ def create_app(settings: Settings, deps: ExtenderDeps) -> Starlette:
         verb("/prioritize", "prioritize", endpoints.prioritize),
         verb("/bind", "bind", endpoints.bind),
         verb("/preempt", "preempt", endpoints.preempt),
-        Route("/healthz", endpoints.healthz, methods=["GET"]),
-        Route("/readyz", endpoints.readyz, methods=["GET"]),
-        Route("/metrics", endpoints.metrics, methods=["GET"]),
+        *endpoints.probe_routes(),
         verb("/debug/snapshot", "debug", endpoints.debug_snapshot, method="GET"),
     ]
     return Starlette(
@@ -133,12 +134,49 @@ def create_app(settings: Settings, deps: ExtenderDeps) -> Starlette:
     )
 
 
-class Endpoints:
+def create_metrics_app(deps: ExtenderDeps) -> Starlette:
+    """GET /metrics, /healthz and /readyz, and nothing else, over the same registry and
+    readiness as the main app (whose lifespan runs the background services; this one has
+    none). Served in plain HTTP on the pod network: no pod spec and no verb crosses it, only
+    counters and "ok", so it needs neither TLS nor the loopback-only rule of the verbs."""
+    deps.metrics.observe_store(deps.store, deps.clock)
+    return Starlette(routes=Probes(deps).probe_routes(), max_body_size=64 * 1024)
+
+
+class Probes:
+    """/healthz, /readyz and /metrics, shared by the main app and the metrics app."""
+
     def __init__(self, deps: ExtenderDeps) -> None:
         self._deps = deps
         self._store = deps.store
         self._metrics = deps.metrics
         self._clock = deps.clock
+
+    def probe_routes(self) -> list[Route]:
+        return [
+            Route("/healthz", self.healthz, methods=["GET"]),
+            Route("/readyz", self.readyz, methods=["GET"]),
+            Route("/metrics", self.metrics, methods=["GET"]),
+        ]
+
+    async def healthz(self, request: Request) -> Response:
+        return PlainTextResponse("ok")
+
+    async def readyz(self, request: Request) -> Response:
+        problems = not_ready_because(self._store, self._deps.policy.current)
+        if problems:
+            return PlainTextResponse("not ready: " + "; ".join(problems) + "\n", status_code=503)
+        return PlainTextResponse("ok")
+
+    async def metrics(self, request: Request) -> Response:
+        # In a thread: the gauges read the store, whose lock a writer may hold.
+        body = await run_in_threadpool(self._metrics.render)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+
+class Endpoints(Probes):
+    def __init__(self, deps: ExtenderDeps) -> None:
+        super().__init__(deps)
         self._binds = BindCoordinator(deps.store, deps.binder, deps.clock)
         self._stale_logged_at = -math.inf
 
@@ -237,20 +275,6 @@ class Endpoints:
             )
         )
 
-    async def healthz(self, request: Request) -> Response:
-        return PlainTextResponse("ok")
-
-    async def readyz(self, request: Request) -> Response:
-        problems = not_ready_because(self._store, self._deps.policy.current)
-        if problems:
-            return PlainTextResponse("not ready: " + "; ".join(problems) + "\n", status_code=503)
-        return PlainTextResponse("ok")
-
-    async def metrics(self, request: Request) -> Response:
-        # In a thread: the gauges read the store, whose lock a writer may hold.
-        body = await run_in_threadpool(self._metrics.render)
-        return Response(body, media_type=CONTENT_TYPE_LATEST)
-
     async def debug_snapshot(self, request: Request) -> Response:
         node = request.query_params.get("node")
         snapshot = self._store.snapshot()
@@ -312,6 +336,7 @@ async def lifespan(settings: Settings, deps: ExtenderDeps) -> AsyncIterator[None
     services: list[BackgroundService] = [*deps.watches]
     if deps.telemetry is not None:
         services.append(deps.telemetry)
+    services.extend(deps.services)
     for service in services:
         service.start()
     spawn(deps.policy.watch(settings.policy_poll_seconds, on_reload), "policy-watch")
@@ -429,4 +454,4 @@ def describe_node(node: NodeState, now: float) -> dict[str, Any]:
     }
 
 
-__all__ = ["ExtenderDeps", "FixedPolicy", "create_app"]
+__all__ = ["ExtenderDeps", "FixedPolicy", "create_app", "create_metrics_app"]

@@ -13,19 +13,24 @@ import json
 import logging
 import os
 import random
+import re
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Literal, Protocol
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from extender.advertise import NodeAPIError
 from extender.metrics import ExtenderMetrics
-from extender.snapshot import ClusterStore
+from extender.snapshot import GFD_MEMORY_LABEL, ClusterStore
 
 log = logging.getLogger(__name__)
 
 HTTP_GONE = 410
+HTTP_NOT_FOUND = 404
+# The field manager of the advertiser's status patches (managedFields show who set gpumem).
+ADVERTISE_FIELD_MANAGER = "vramguard-advertise"
 Resource = Literal["pods", "nodes"]
 RawObject = dict[str, Any]
 
@@ -300,3 +305,106 @@ def core_api(kubeconfig: str | None, pool_size: int = 32) -> Any:
     # retried after a lost answer would report 409 for a bind that succeeded.
     configuration.retries = 0
     return client.CoreV1Api(client.ApiClient(configuration))
+
+
+# --- Advertising GPU memory (extender.advertise) ---------------------------------------------
+
+
+class KubernetesNodes:
+    """extender.advertise.NodeClient over a CoreV1Api: GPU nodes read as raw JSON, status
+    patched through the status subresource with a JSON patch. Every failure becomes a
+    NodeAPIError whose message a person can act on (no urllib3 object reprs)."""
+
+    def __init__(self, core: Any, timeout_seconds: float = 30.0) -> None:
+        self._core = core
+        self._timeout = timeout_seconds
+
+    def list_gpu_nodes(self) -> list[RawObject]:
+        items: list[RawObject] = []
+        token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {
+                # Existence selector: only nodes GPU Feature Discovery labelled; on a large
+                # cluster the CPU nodes are never transferred.
+                "label_selector": GFD_MEMORY_LABEL,
+                "limit": 500,
+                "_preload_content": False,
+                "_request_timeout": self._timeout,
+            }
+            if token:
+                kwargs["_continue"] = token
+            page = self._call("listing nodes", self._core.list_node, **kwargs)
+            items.extend(item for item in page.get("items") or () if isinstance(item, dict))
+            token = (page.get("metadata") or {}).get("continue")
+            if not token:
+                return items
+
+    def read_node(self, name: str) -> RawObject | None:
+        try:
+            return dict(
+                self._call(
+                    f"reading node {name}",
+                    self._core.read_node,
+                    name,
+                    _preload_content=False,
+                    _request_timeout=self._timeout,
+                )
+            )
+        except _NotFound:
+            return None
+
+    def patch_status(self, name: str, patch: Sequence[Mapping[str, Any]]) -> None:
+        response = self._call_raw(
+            f"patching node {name} status",
+            self._core.patch_node_status,
+            name,
+            [dict(op) for op in patch],
+            field_manager=ADVERTISE_FIELD_MANAGER,
+            _content_type="application/json-patch+json",
+            _preload_content=False,
+            _request_timeout=self._timeout,
+        )
+        _release(response)
+
+    def _call(self, what: str, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        response = self._call_raw(what, function, *args, **kwargs)
+        try:
+            return _read_json(response)
+        except ValueError as err:
+            raise NodeAPIError(f"{what}: unreadable answer: {err}") from err
+
+    def _call_raw(self, what: str, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except ApiException as err:
+            if err.status == HTTP_NOT_FOUND:
+                raise _NotFound(what) from err
+            raise NodeAPIError(f"{what}: {err.status} {_api_message(err)}") from err
+        except Exception as err:  # urllib3 and socket errors: the API cannot be reached
+            host = getattr(getattr(self._core, "api_client", None), "configuration", None)
+            where = f" at {host.host}" if host is not None else ""
+            raise NodeAPIError(
+                f"{what}: cannot reach the API server{where}: {_cause(err)}"
+            ) from err
+
+
+class _NotFound(Exception):
+    pass
+
+
+def _cause(err: BaseException) -> str:
+    """The innermost useful message of a urllib3 error chain, without object reprs:
+    "Failed to establish a new connection: [Errno 111] Connection refused"."""
+    reason = getattr(err, "reason", None)
+    if isinstance(reason, BaseException):
+        return _cause(reason)
+    # urllib3 prefixes the connection's repr: "<...HTTPSConnection object at 0x..>: " (1.x),
+    # "HTTPSConnection(host='127.0.0.1', port=1): " (2.x); the address is said elsewhere.
+    text = re.sub(r"^(<[^>]*>|\w+\([^)]*\)):\s*", "", str(err))
+    return text or type(err).__name__
+
+
+def _release(response: Any) -> None:
+    release = getattr(response, "release_conn", None)
+    if release is not None:
+        release()

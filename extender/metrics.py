@@ -81,6 +81,12 @@ class ExtenderMetrics:
             ["resource", "reason"],
             registry=r,
         )
+        self.floor = Gauge(
+            PREFIX + "floor_mib",
+            "Live headroom the extender keeps free on every card (policy extender.floorMiB), "
+            "MiB; follows policy reloads.",
+            registry=r,
+        )
         self.policy_reloads = Counter(
             PREFIX + "policy_reloads_total",
             "Policy file reloads by result.",
@@ -106,6 +112,7 @@ class ExtenderMetrics:
                 and (node.live is None or node.live.age(now) > max_age)
             )
 
+        self.floor.set_function(lambda: store.policy.extender.floor_mib)
         self.telemetry_age.set_function(telemetry_age)
         self.telemetry_stale_nodes.set_function(stale_nodes)
         self.reservations.set_function(store.active_reservations)

@@ -37,6 +37,21 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         default=256 * 1024 * 1024, gt=0, description="Largest request body (NodeLists are big)."
     )
+    metrics_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="Also serve GET /metrics, /healthz and /readyz, and nothing else, in plain "
+        "HTTP on this port (for Prometheus and kubelet probes); default: no such listener.",
+    )
+    metrics_host: str = Field(default="0.0.0.0", description="Listen address of metrics_port.")
+    advertise_interval: float = Field(
+        default=0.0,
+        ge=0,
+        le=86400,
+        description="Seconds between passes advertising each GPU node's gpumem from its GFD "
+        "labels (as `vramguard advertise` does); 0: off.",
+    )
 
     @model_validator(mode="after")
     def _tls_pair(self) -> Settings:
@@ -44,6 +59,9 @@ class Settings(BaseSettings):
             raise ValueError("tls_cert and tls_key go together")
         if self.client_ca is not None and self.tls_cert is None:
             raise ValueError("client_ca needs tls_cert and tls_key")
+        if self.metrics_port is not None and self.metrics_port == self.port:
+            # 0.0.0.0 includes 127.0.0.1: the two listeners would collide.
+            raise ValueError("metrics_port must differ from port")
         return self
 
     @property

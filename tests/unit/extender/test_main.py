@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from extender.__main__ import build_deps, load_settings, main
+from extender.advertise import AdvertiserService
 from extender.cluster import KubernetesBinder, ResourceWatch
 from extender.telemetry import TelemetryPoller
 from gpumem.policy_file import PolicyFile
@@ -114,3 +115,43 @@ def test_production_wiring_from_a_kubeconfig(policy: Path, tmp_path: Path) -> No
     assert [w.resource for w in deps.watches if isinstance(w, ResourceWatch)] == ["pods", "nodes"]
     assert isinstance(deps.telemetry, TelemetryPoller)
     assert deps.store.policy.extender.floor_mib == 256
+    assert deps.services == []
+
+
+def test_metrics_listener_and_advertiser_options(policy: Path, tmp_path: Path) -> None:
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(KUBECONFIG)
+    base = [
+        "--policy",
+        str(policy),
+        "--prometheus-url",
+        "http://p",
+        "--kubeconfig",
+        str(kubeconfig),
+    ]
+    defaults = load_settings(base)
+    assert (defaults.metrics_port, defaults.metrics_host, defaults.advertise_interval) == (
+        None,
+        "0.0.0.0",
+        0.0,
+    )
+    settings = load_settings([*base, "--metrics-port", "8889", "--advertise-interval", "60"])
+    assert (settings.metrics_port, settings.metrics_host) == (8889, "0.0.0.0")
+    assert settings.advertise_interval == 60.0
+    deps = build_deps(settings, PolicyFile(policy))
+    assert [type(s) for s in deps.services] == [AdvertiserService]
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--metrics-port", "8888"],
+        ["--metrics-port", "0"],
+        ["--advertise-interval", "-1"],
+    ],
+    ids=["metrics-on-the-verbs-port", "metrics-port-0", "negative-interval"],
+)
+def test_invalid_metrics_or_advertise_options_exit_2(policy: Path, extra: list[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        load_settings(["--policy", str(policy), "--prometheus-url", "http://p", *extra])
+    assert exit_info.value.code == 2

@@ -36,6 +36,9 @@ from .conftest import (
 
 ALL_YAML = sorted(MANIFESTS.rglob("*.yaml"))
 RULES_DIR = MANIFESTS / "components" / "prometheus-rules"
+ADVERTISER = MANIFESTS / "components" / "advertiser" / "advertiser.yaml"
+NETWORK_POLICIES = MANIFESTS / "components" / "network-policy" / "networkpolicies.yaml"
+SERVICE_MONITORS = MANIFESTS / "components" / "service-monitor" / "servicemonitor.yaml"
 PRIORITY_CLASSES = MANIFESTS / "components" / "priority-classes" / "priorityclasses.yaml"
 ALERTS = {
     "VRAMGuardGPUMemoryLow",
@@ -193,6 +196,26 @@ def assert_webhook_config(mwc: K8sObject, policy: Mapping[str, Any]) -> None:
     assert expression.count("(") == expression.count(")")
 
 
+def assert_probes_are_http(deployments: list[K8sObject]) -> None:
+    """Every probe is an httpGet: no `python -c` exec probes (slow, and they hide which
+    listener is checked)."""
+    for deployment in deployments:
+        for c in pod_containers(deployment["spec"]["template"]["spec"]):
+            for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+                if probe in c:
+                    assert "httpGet" in c[probe], f"{deployment['metadata']['name']}/{c['name']}"
+
+
+def granted(role: K8sObject) -> set[tuple[str, str, str]]:
+    return {
+        (group, resource, verb)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+
+
 def assert_references_resolve(docs: list[K8sObject]) -> None:
     """Every ConfigMap, Secret and ServiceAccount a Deployment uses is in the output
     (the webhook's TLS Secret may instead come from a cert-manager Certificate)."""
@@ -258,20 +281,17 @@ def test_webhook_service_reaches_the_https_listener(base: list[K8sObject]) -> No
 
 def test_every_container_is_hardened_and_probed(base: list[K8sObject]) -> None:
     assert_hardened(of_kind(base, "Deployment"))
+    assert_probes_are_http(of_kind(base, "Deployment"))
 
 
 def test_rbac_is_least_privilege(base: list[K8sObject]) -> None:
     assert_least_privilege(base)
-    webhook = named(base, "ClusterRole", "vramguard-webhook")
-    granted = {
-        (group, resource, verb)
-        for rule in webhook["rules"]
-        for group in rule["apiGroups"]
-        for resource in rule["resources"]
-        for verb in rule["verbs"]
-    }
-    assert all(verb in {"get", "list", "watch"} for _, _, verb in granted), granted
-    assert {r for _, r, _ in granted} == {"namespaces", "priorityclasses"}
+    webhook = granted(named(base, "ClusterRole", "vramguard-webhook"))
+    assert all(verb in {"get", "list", "watch"} for _, _, verb in webhook), webhook
+    assert {r for _, r, _ in webhook} == {"namespaces", "priorityclasses"}
+    # The extender never writes nodes: advertising is components/advertiser's job.
+    extender = granted(named(base, "ClusterRole", "vramguard-extender"))
+    assert not {r for _, r, _ in extender} & {"nodes/status"}, extender
 
 
 def test_webhook_deployment_is_highly_available(base: list[K8sObject]) -> None:
@@ -360,6 +380,94 @@ def test_scheduler_talks_to_its_own_sidecar(
     (generator,) = [g for g in kustomization["configMapGenerator"] if g["name"] == config_map]
     key = config_path.removeprefix(mount["mountPath"].rstrip("/") + "/")
     assert f"{key}=scheduler-config.yaml" in generator["files"]
+
+
+def test_extender_metrics_listener_serves_prometheus_and_the_probes(base: list[K8sObject]) -> None:
+    """--metrics-port replaces the old forwarding sidecar: the Service, the ServiceMonitor,
+    the probes and the NetworkPolicy all point at it, and it is the only other container."""
+    from extender.__main__ import build_parser  # noqa: PLC0415
+
+    deployment = named(base, "Deployment", "vramguard-scheduler")
+    spec = deployment["spec"]["template"]["spec"]
+    assert [c["name"] for c in spec["containers"]] == ["kube-scheduler"]
+    assert [c["name"] for c in spec.get("initContainers", [])] == ["extender"]
+    extender = container(deployment, "extender")
+    args = command_line(extender)
+    options = vars(build_parser().parse_args(args[3:]))  # the extender accepts every flag
+    metrics_port = int(flag(args, "--metrics-port"))
+    assert options["metrics_port"] == metrics_port != int(flag(args, "--port"))
+    assert "metrics_host" not in options, "default 0.0.0.0: the pod IP, where probes go"
+    assert port_number(extender, "metrics") == metrics_port
+    for probe, path in (
+        ("startupProbe", "/readyz"),
+        ("livenessProbe", "/healthz"),
+        ("readinessProbe", "/readyz"),
+    ):
+        get = extender[probe]["httpGet"]
+        assert (get["path"], port_number(extender, get["port"])) == (path, metrics_port)
+        assert get.get("scheme", "HTTP") == "HTTP"
+    service = named(base, "Service", "vramguard-extender-metrics")
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    (port,) = service["spec"]["ports"]
+    # A number: named ports of native sidecars resolve only from Kubernetes 1.32.
+    assert port["targetPort"] == metrics_port
+    (monitor,) = [
+        m for m in objects(SERVICE_MONITORS) if m["metadata"]["name"] == "vramguard-extender"
+    ]
+    assert monitor["spec"]["selector"]["matchLabels"] == service["metadata"]["labels"]
+    assert [e["port"] for e in monitor["spec"]["endpoints"]] == [port["name"]]
+    assert [e["path"] for e in monitor["spec"]["endpoints"]] == ["/metrics"]
+    policy = named(objects(NETWORK_POLICIES), "NetworkPolicy", "vramguard-scheduler")
+    (ingress,) = policy["spec"]["ingress"]
+    assert metrics_port in {p["port"] for p in ingress["ports"]}
+    assert not (BASE / "extender_metrics_proxy.py").exists()
+
+
+def test_advertiser_runs_the_console_script_with_least_privilege() -> None:
+    from extender.cli import build_parser  # noqa: PLC0415
+
+    docs = objects(ADVERTISER)
+    deployment = named(docs, "Deployment", "vramguard-advertiser")
+    assert_hardened([deployment])
+    assert_probes_are_http([deployment])
+    assert_least_privilege(docs)
+    advertiser = container(deployment, "advertiser")
+    args = command_line(advertiser)
+    assert args[:2] == ["vramguard", "advertise"]
+    pyproject = (REPO / "pyproject.toml").read_text("utf-8")
+    assert 'vramguard = "extender.cli:main"' in pyproject
+    options = build_parser().parse_args(args[1:])
+    assert (options.interval, options.once, options.dry_run, options.nodes) == (
+        60,
+        False,
+        False,
+        [],
+    )
+    assert str(options.policy) == "/etc/vramguard/policy/policy.yaml"
+    mount = mount_for(advertiser, str(options.policy))
+    assert volume(deployment, mount["name"])["configMap"]["name"] == "vramguard-policy"
+    for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+        get = advertiser[probe]["httpGet"]
+        assert (get["path"], port_number(advertiser, get["port"])) == (path, options.health_port)
+    role = named(docs, "ClusterRole", "vramguard-advertiser")
+    assert granted(role) == {
+        ("", "nodes", "get"),
+        ("", "nodes", "list"),
+        ("", "nodes/status", "patch"),
+    }
+    binding = named(docs, "ClusterRoleBinding", "vramguard-advertiser")
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "vramguard-advertiser", "namespace": "vramguard"}
+    ]
+    assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == "vramguard-advertiser"
+    # The NetworkPolicy component lets it reach the API server, and nothing else.
+    policy = named(objects(NETWORK_POLICIES), "NetworkPolicy", "vramguard-advertiser")
+    assert (
+        policy["spec"]["podSelector"]["matchLabels"]
+        == (deployment["spec"]["selector"]["matchLabels"])
+    )
+    assert "ingress" not in policy["spec"]
+    assert {p["port"] for rule in policy["spec"]["egress"] for p in rule["ports"]} == {443, 6443}
 
 
 def test_scheduler_lease_is_the_one_it_may_update(
@@ -455,6 +563,17 @@ def test_prometheus_rule_matches_the_promtool_rule_file() -> None:
     assert tested == ALERTS, "every alert needs a promtool test"
 
 
+def test_memory_low_alert_follows_the_extenders_floor() -> None:
+    """The threshold is the floor the extender exports, never a number copied from the
+    policy that could drift from it."""
+    rules = yaml.safe_load((RULES_DIR / "rules.yaml").read_text("utf-8"))
+    (rule,) = [
+        r for g in rules["groups"] for r in g["rules"] if r.get("alert") == "VRAMGuardGPUMemoryLow"
+    ]
+    assert "vramguard_extender_floor_mib" in rule["expr"]
+    assert not re.search(r"\b512\b", rule["expr"] + rule["annotations"]["summary"])
+
+
 def test_alerts_use_kube_state_metrics_name_for_gpumem(policy: Mapping[str, Any]) -> None:
     """kube-state-metrics replaces every character outside [a-zA-Z0-9_] with _ in resource
     names: vramguard.io/gpumem becomes vramguard_io_gpumem."""
@@ -472,6 +591,7 @@ def test_overlay_keeps_every_invariant(
 ) -> None:
     docs = built[overlay]
     assert_hardened(of_kind(docs, "Deployment"))
+    assert_probes_are_http(of_kind(docs, "Deployment"))
     assert_least_privilege(docs)
     assert_references_resolve(docs)
     assert_webhook_config(named(docs, "MutatingWebhookConfiguration", "vramguard"), policy)
@@ -486,6 +606,17 @@ def test_overlay_keeps_every_invariant(
     assert yaml.safe_load(by_prefix["vramguard-scheduler-config"]["data"]["config.yaml"]) == (
         yaml.safe_load((BASE / "scheduler-config.yaml").read_text("utf-8"))
     )
+    # Every overlay advertises GPU memory, from the same policy ConfigMap, so a policy
+    # change rolls the advertiser with the webhook and the scheduler.
+    policy_map = by_prefix["vramguard-policy"]["metadata"]["name"]
+    deployments = {d["metadata"]["name"]: d for d in of_kind(docs, "Deployment")}
+    assert set(deployments) == {
+        "vramguard-webhook",
+        "vramguard-scheduler",
+        "vramguard-advertiser",
+    }
+    for deployment in deployments.values():
+        assert volume(deployment, "policy")["configMap"]["name"] == policy_map
 
 
 def test_cert_manager_overlay_injects_the_ca(built: dict[str, list[K8sObject]]) -> None:

@@ -1,0 +1,222 @@
+"""`vramguard advertise`: set each GPU node's vramguard.io/gpumem from its GFD labels.
+
+    vramguard advertise [--policy FILE] [--kubeconfig FILE] [--node NAME]... [--interval S]
+                        [--health-port PORT] [--once] [--dry-run]
+
+One line per node: the arithmetic (GFD memory x count - slack = value) and what was done
+(set, unchanged, skipped with the reason, failed with the reason). Without --once it runs a
+pass every --interval seconds and reports only what changed after the first pass.
+
+Exit status: 0 when the pass went through (--once), 1 when the cluster could not be reached or
+a patch was refused, 2 on a usage error (bad arguments, unreadable policy). A loop exits 1 only
+when its first pass cannot read the nodes (wrong kubeconfig, no permission): later failures
+are logged and retried, since the apiserver may just be restarting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.server
+import logging
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from extender.advertise import Advertiser, NodeAPIError
+from extender.cluster import KubernetesNodes, core_api
+from gpumem.policy import Policy
+from gpumem.policy_file import PolicyError, PolicyFile
+
+log = logging.getLogger("extender.cli.advertise")
+
+FAILED = 1
+USAGE_ERROR = 2
+DEFAULT_INTERVAL_SECONDS = 60.0
+MAX_INTERVAL_SECONDS = 86400.0
+
+
+def register(subcommands: Any) -> None:
+    parser: argparse.ArgumentParser = subcommands.add_parser(
+        "advertise",
+        help="advertise each GPU node's GPU memory (vramguard.io/gpumem) from its GFD labels",
+        description="Patch status.capacity and status.allocatable of the policy's "
+        "gpumemResourceName on every GPU node (nodes labelled nvidia.com/gpu.memory by GPU "
+        "Feature Discovery) to nvidia.com/gpu.memory x nvidia.com/gpu.count - "
+        "extender.capacitySlackMiB, in MiB. Nodes already advertising that value are not "
+        "patched. Repeats every --interval seconds, since a re-registered node loses it.",
+    )
+    add = parser.add_argument
+    add("--policy", type=Path, help="policy file (default: the built-in policy defaults)")
+    add("--kubeconfig", type=Path, help="kubeconfig (default: in-cluster, else ~/.kube/config)")
+    add(
+        "--node",
+        dest="nodes",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="only this node (repeat for several)",
+    )
+    add(
+        "--interval",
+        type=_positive_seconds,
+        default=DEFAULT_INTERVAL_SECONDS,
+        metavar="SECONDS",
+        help=f"seconds between passes (default {DEFAULT_INTERVAL_SECONDS:g})",
+    )
+    add(
+        "--health-port",
+        type=int,
+        metavar="PORT",
+        help="serve GET /healthz (the loop is running) and /readyz (the last pass reached "
+        "the API) in plain HTTP on this port, for kubelet probes",
+    )
+    add("--once", action="store_true", help="one pass, then exit")
+    add("--dry-run", action="store_true", help="print what would be set; patch nothing")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        policy_file = PolicyFile(args.policy) if args.policy is not None else None
+    except PolicyError as err:
+        return _fail(str(err), USAGE_ERROR)
+    if args.kubeconfig is not None and not args.kubeconfig.is_file():
+        return _fail(f"kubeconfig {args.kubeconfig}: no such file", FAILED)
+    try:
+        core = core_api(str(args.kubeconfig) if args.kubeconfig else None, pool_size=4)
+    except Exception as err:  # kubernetes.config raises several kinds, all a setup problem
+        return _fail(f"cannot load Kubernetes credentials: {err}", FAILED)
+
+    def current_policy() -> Policy:
+        if policy_file is None:
+            return Policy()
+        policy_file.reload_if_changed()  # a broken edit is logged and the last good one kept
+        return policy_file.current
+
+    policy = current_policy()
+    advertiser = Advertiser(
+        KubernetesNodes(core),
+        current_policy,
+        nodes=args.nodes,
+        dry_run=args.dry_run,
+        emit=_print,
+        quiet_repeats=not args.once,
+    )
+    scope = ", ".join(args.nodes) if args.nodes else "every GPU node"
+    _print(
+        f"advertising {policy.gpumem_resource_name} on {scope}: nvidia.com/gpu.memory x "
+        f"nvidia.com/gpu.count - {policy.extender.capacity_slack_mib} MiB slack"
+        + (" (dry run)" if args.dry_run else "")
+        + ("" if args.once else f", every {args.interval:g} s")
+    )
+    health = None
+    if args.health_port is not None and not args.once:
+        # Alive while passes keep ending: a pass is bounded by its API timeouts (30 s a call).
+        health = HealthServer(advertiser, args.health_port, stale_after=3 * args.interval + 120)
+        health.start()
+    try:
+        try:
+            result = advertiser.run_once()
+        except NodeAPIError as err:
+            return _fail(str(err), FAILED)
+        if args.once:
+            return FAILED if result.failed else 0
+        stop = threading.Event()
+        _stop_on_signals(stop)
+        advertiser.loop(args.interval, stop, first_pass_done=True)
+        return 0
+    finally:
+        if health is not None:
+            health.stop()
+
+
+class HealthServer:
+    """GET /healthz: 200 while the loop is alive (a pass ended within `stale_after` seconds,
+    or the first one is still running); GET /readyz: 200 when the last pass could read the
+    nodes. Plain HTTP on every address, for the kubelet: it says nothing but "ok"."""
+
+    def __init__(self, advertiser: Advertiser, port: int, *, stale_after: float) -> None:
+        self._advertiser = advertiser
+        self._stale_after = stale_after
+        self._server = http.server.ThreadingHTTPServer(("", port), self._handler())
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="vramguard-advertise-health", daemon=True
+        )
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def answer(self, path: str) -> tuple[int, str]:
+        advertiser = self._advertiser
+        ended = advertiser.last_pass_ended
+        if path == "/healthz":
+            if ended is None or time.monotonic() - ended <= self._stale_after:
+                return 200, "ok"
+            return 503, f"no pass ended in the last {self._stale_after:g} s"
+        if path == "/readyz":
+            if ended is not None and advertiser.last_pass_ok:
+                return 200, "ok"
+            return 503, "the last pass could not read the nodes" if ended else "no pass yet"
+        return 404, "not found"
+
+    def _handler(self) -> type[http.server.BaseHTTPRequestHandler]:
+        health = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                status, text = health.answer(self.path.split("?", 1)[0])
+                body = (text + "\n").encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "text/plain; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+                return  # a probe every few seconds is noise
+
+        return Handler
+
+
+def _stop_on_signals(stop: threading.Event) -> None:
+    """SIGTERM (the kubelet stopping the pod) and Ctrl-C end the loop between passes."""
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, handle)
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value <= MAX_INTERVAL_SECONDS:
+        raise argparse.ArgumentTypeError(
+            f"must be more than 0 and at most {MAX_INTERVAL_SECONDS:g} seconds: {text!r}"
+        )
+    return value
+
+
+def _print(line: str) -> None:
+    print(line, flush=True)
+
+
+def _fail(message: str, status: int) -> int:
+    print(f"vramguard advertise: {message}", file=sys.stderr, flush=True)
+    return status
