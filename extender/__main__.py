@@ -4,7 +4,9 @@ Plain HTTP only on loopback (kube-scheduler in the same pod); anywhere else HTTP
 client certificates when --client-ca is given. --metrics-port adds a second listener, in the
 same process and event loop, serving only /metrics, /healthz and /readyz (plain HTTP, any
 address): what Prometheus and the kubelet need, without exposing the verbs.
---advertise-interval runs `vramguard advertise` in a background thread.
+--advertise-interval runs `vramguard advertise` in a background thread. Pending GPU pods of
+--scheduler-name get a GPUMemoryUnavailable event with vramguard's numbers
+(--no-explain-pending turns that off; see extender.pending).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import socket
 import sys
 from collections.abc import Iterator, Sequence
 
@@ -23,9 +26,24 @@ from starlette.types import ASGIApp
 from certs.reloading import CertificateLoadError, ReloadingTLS
 from certs.serving import InsecureBindError, build_server, require_tls_unless_loopback, run_server
 from extender.advertise import Advertiser, AdvertiserService
-from extender.app import ExtenderDeps, create_app, create_metrics_app, describe_validation
-from extender.cluster import KubernetesBinder, KubernetesNodes, core_api, node_watch, pod_watch
+from extender.app import (
+    BackgroundService,
+    ExtenderDeps,
+    create_app,
+    create_metrics_app,
+    describe_validation,
+)
+from extender.cluster import (
+    KubernetesBinder,
+    KubernetesEvents,
+    KubernetesNodes,
+    PodListener,
+    core_api,
+    node_watch,
+    pod_watch,
+)
 from extender.metrics import ExtenderMetrics
+from extender.pending import PendingExplainer
 from extender.settings import Settings
 from extender.snapshot import ClusterStore
 from extender.telemetry import PrometheusQuery, TelemetryPoller
@@ -70,6 +88,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="advertise each GPU node's gpumem from its GFD labels every SECONDS "
         "(as `vramguard advertise`; needs patch on nodes/status); 0: off (default)",
     )
+    add(
+        "--explain-pending",
+        action=argparse.BooleanOptionalAction,
+        default=suppress,
+        help="explain Pending GPU pods with a GPUMemoryUnavailable event giving vramguard's "
+        "numbers (default: on)",
+    )
+    add(
+        "--scheduler-name",
+        default=suppress,
+        help="the scheduler this extender serves; only its pods are explained "
+        "(default vramguard-scheduler)",
+    )
     add("--log-level", default=suppress, choices=["critical", "error", "warning", "info", "debug"])
     return parser
 
@@ -90,7 +121,18 @@ def build_deps(settings: Settings, policy_file: PolicyFile) -> ExtenderDeps:
     store = ClusterStore(policy_file.current)
     core = core_api(str(settings.kubeconfig) if settings.kubeconfig else None)
     options = {"watch_timeout_seconds": settings.watch_timeout_seconds}
-    services = []
+    services: list[BackgroundService] = []
+    listeners: list[PodListener] = []
+    if settings.explain_pending:
+        explainer = PendingExplainer(
+            store,
+            KubernetesEvents(core, instance=socket.gethostname()),
+            metrics,
+            scheduler_name=settings.scheduler_name,
+            min_interval=settings.explain_interval_seconds,
+        )
+        services.append(explainer)
+        listeners.append(explainer)
     if settings.advertise_interval > 0:
         advertiser = Advertiser(
             KubernetesNodes(core), lambda: policy_file.current, quiet_repeats=True
@@ -102,7 +144,7 @@ def build_deps(settings: Settings, policy_file: PolicyFile) -> ExtenderDeps:
         policy=policy_file,
         metrics=metrics,
         watches=[
-            pod_watch(core, store, metrics, **options),
+            pod_watch(core, store, metrics, listeners=listeners, **options),
             node_watch(core, store, metrics, **options),
         ],
         telemetry=TelemetryPoller(

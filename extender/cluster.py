@@ -1,4 +1,5 @@
-"""The Kubernetes side: list+watch of pods and nodes into the store, and the Binder.
+"""The Kubernetes side: list+watch of pods and nodes into the store, the Binder, the node
+status patches of the advertiser, and the Events that explain Pending pods.
 
 Objects are read as raw JSON (`_preload_content=False`): the store wants camelCase dicts for
 read_demand, and skipping the generated models' deserialization is much cheaper on a busy pod
@@ -16,6 +17,7 @@ import random
 import re
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
 from kubernetes import client, config
@@ -23,12 +25,21 @@ from kubernetes.client.exceptions import ApiException
 
 from extender.advertise import NodeAPIError
 from extender.metrics import ExtenderMetrics
+from extender.pending import (
+    EVENT_COMPONENT,
+    EVENT_REASON,
+    EventExists,
+    EventMissing,
+    EventRequest,
+    EventWriteError,
+)
 from extender.snapshot import GFD_MEMORY_LABEL, ClusterStore
 
 log = logging.getLogger(__name__)
 
 HTTP_GONE = 410
 HTTP_NOT_FOUND = 404
+HTTP_CONFLICT = 409
 # The field manager of the advertiser's status patches (managedFields show who set gpumem).
 ADVERTISE_FIELD_MANAGER = "vramguard-advertise"
 Resource = Literal["pods", "nodes"]
@@ -214,16 +225,40 @@ def _lines(response: Any) -> Iterator[str]:
         yield buffer.strip().decode("utf-8", errors="replace")
 
 
+class PodListener(Protocol):
+    """Something else fed by the pod watch, after the store (extender.pending)."""
+
+    def replace_pods(self, raw_pods: list[RawObject]) -> None: ...
+
+    def apply_pod_event(self, event_type: str, raw: RawObject) -> None: ...
+
+
 def pod_watch(
-    core: Any, store: ClusterStore, metrics: ExtenderMetrics, **options: Any
+    core: Any,
+    store: ClusterStore,
+    metrics: ExtenderMetrics,
+    *,
+    listeners: Sequence[PodListener] = (),
+    **options: Any,
 ) -> ResourceWatch:
+    """The pod watch into the store and then into each listener, so a listener reading the
+    store's snapshot sees the event it is handed already applied."""
+    replace: Callable[[list[RawObject]], None] = store.replace_pods
+    apply: Callable[[str, RawObject], None] = store.apply_pod_event
+    if listeners:
+
+        def replace(items: list[RawObject]) -> None:
+            store.replace_pods(items)
+            for listener in listeners:
+                listener.replace_pods(items)
+
+        def apply(event_type: str, raw: RawObject) -> None:
+            store.apply_pod_event(event_type, raw)
+            for listener in listeners:
+                listener.apply_pod_event(event_type, raw)
+
     return ResourceWatch(
-        "pods",
-        core.list_pod_for_all_namespaces,
-        store.replace_pods,
-        store.apply_pod_event,
-        metrics,
-        **options,
+        "pods", core.list_pod_for_all_namespaces, replace, apply, metrics, **options
     )
 
 
@@ -276,6 +311,97 @@ class KubernetesBinder:
             ) from err
         except Exception as err:  # urllib3 and socket errors
             raise BindError(f"binding {namespace}/{name} to {node}: {err}") from err
+
+
+# --- Events explaining Pending pods (extender.pending) ----------------------------------------
+
+
+class KubernetesEvents:
+    """extender.pending.EventSink over core/v1 Events, the API `kubectl describe pod` lists
+    (it shows events.k8s.io Events too: one object, two versions; core/v1 keeps count and
+    firstTimestamp/lastTimestamp, so a refresh reads "x3 over 20m" there)."""
+
+    def __init__(
+        self,
+        core: Any,
+        *,
+        instance: str,
+        component: str = EVENT_COMPONENT,
+        timeout_seconds: float = 10.0,
+    ) -> None:
+        self._core = core
+        self._instance = instance[:128]  # the API's reportingInstance limit
+        self._component = component
+        self._timeout = timeout_seconds
+
+    def create(self, request: EventRequest, now: float) -> None:
+        body = event_body(request, now, component=self._component, instance=self._instance)
+        try:
+            response = self._core.create_namespaced_event(
+                request.namespace,
+                body,
+                _preload_content=False,
+                _request_timeout=self._timeout,
+            )
+        except ApiException as err:
+            if err.status == HTTP_CONFLICT:
+                raise EventExists(request.name) from err
+            raise EventWriteError(f"creating an event: {err.status} {_api_message(err)}") from err
+        except Exception as err:  # urllib3 and socket errors
+            raise EventWriteError(f"creating an event: {_cause(err)}") from err
+        _release(response)
+
+    def refresh(self, request: EventRequest, now: float) -> None:
+        patch = {"count": request.count, "lastTimestamp": _rfc3339(now), "message": request.message}
+        try:
+            response = self._core.patch_namespaced_event(
+                request.name,
+                request.namespace,
+                patch,
+                _content_type="application/merge-patch+json",
+                _preload_content=False,
+                _request_timeout=self._timeout,
+            )
+        except ApiException as err:
+            if err.status == HTTP_NOT_FOUND:
+                raise EventMissing(request.name) from err
+            raise EventWriteError(f"patching an event: {err.status} {_api_message(err)}") from err
+        except Exception as err:
+            raise EventWriteError(f"patching an event: {_cause(err)}") from err
+        _release(response)
+
+
+def event_body(
+    request: EventRequest, now: float, *, component: str, instance: str
+) -> dict[str, Any]:
+    """A core/v1 Event about the pod, as kube-scheduler's own FailedScheduling is shaped."""
+    timestamp = _rfc3339(now)
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"name": request.name, "namespace": request.namespace},
+        "involvedObject": {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "namespace": request.namespace,
+            "name": request.pod_name,
+            "uid": request.pod_uid,
+        },
+        "type": "Warning",
+        "reason": EVENT_REASON,
+        "message": request.message,
+        "action": "Scheduling",
+        "source": {"component": component},
+        "reportingComponent": component,
+        "reportingInstance": instance,
+        "firstTimestamp": timestamp,
+        "lastTimestamp": timestamp,
+        "count": request.count,
+    }
+
+
+def _rfc3339(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _api_message(err: ApiException) -> str:

@@ -35,6 +35,10 @@ class Refusal:
     # Whether evicting pods from the node could make room: the scheduler only considers
     # preemption on FailedNodes, not on FailedAndUnresolvableNodes.
     resolvable: bool
+    # MiB missing for the pod to fit (declared, live, too-big); None where no amount of
+    # memory would do (unknown node, no capacity, stale telemetry). Ranks nodes best-first
+    # when a Pending pod is explained (extender.explain).
+    short_mib: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +141,7 @@ def _evaluate(
             False,
         )
     if need > capacity:
-        return _refusal("too-big", f"need {need} > capacity {capacity} MiB", False)
+        return _refusal("too-big", f"need {need} > capacity {capacity} MiB", False, need - capacity)
 
     declared = node.declared_mib - relief.declared_mib
     reserved = node.reserved_mib(now) if node.reservations else 0
@@ -149,6 +153,7 @@ def _evaluate(
             f"{_after(relief)}declared {declared}{reserved_part} + {need} "
             f"> capacity {capacity} MiB",
             True,
+            -declared_headroom,
         )
 
     live = node.live
@@ -178,6 +183,7 @@ def _evaluate(
             f"{_after(relief)}live free {free}{idle_part} MiB < need {need} + floor {floor} "
             f"MiB ({live.source}, {live.age(now):.0f}s old)",
             True,
+            need + floor - available,
         )
     return None, min(declared_headroom, available - need - floor), False
 
@@ -339,5 +345,7 @@ def _after(relief: Relief) -> str:
     return f"after evicting {relief.victims} GPU pod(s): "
 
 
-def _refusal(kind: RefusalKind, message: str, resolvable: bool) -> Evaluation:
-    return Refusal(kind, PREFIX + message, resolvable), 0, False
+def _refusal(
+    kind: RefusalKind, message: str, resolvable: bool, short_mib: int | None = None
+) -> Evaluation:
+    return Refusal(kind, PREFIX + message, resolvable, short_mib), 0, False

@@ -87,6 +87,20 @@ class ExtenderMetrics:
             "MiB; follows policy reloads.",
             registry=r,
         )
+        self.explanations = Counter(
+            PREFIX + "explanations_total",
+            "GPUMemoryUnavailable events explaining Pending GPU pods, by result: created, "
+            "refreshed (count bumped), duplicate (already written, by another replica or "
+            "before a restart), dropped (queue full; tried again), error (API refused).",
+            ["result"],
+            registry=r,
+        )
+        self.unschedulable_pods = Gauge(
+            PREFIX + "unschedulable_gpu_pods",
+            "GPU pods of the served scheduler that the pod watch shows Pending as "
+            "unschedulable (0 when explanations are off).",
+            registry=r,
+        )
         self.policy_reloads = Counter(
             PREFIX + "policy_reloads_total",
             "Policy file reloads by result.",

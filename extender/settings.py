@@ -53,6 +53,24 @@ class Settings(BaseSettings):
         "labels (as `vramguard advertise` does); 0: off.",
     )
 
+    explain_pending: bool = Field(
+        default=True,
+        description="Explain Pending GPU pods of scheduler_name with a GPUMemoryUnavailable "
+        "Event that gives vramguard's numbers (kube-scheduler's own event only says "
+        "'Insufficient vramguard.io/gpumem'). Needs create and patch on events.",
+    )
+    scheduler_name: str = Field(
+        default="vramguard-scheduler",
+        min_length=1,
+        description="The scheduler this extender serves: only its pods are explained.",
+    )
+    explain_interval_seconds: float = Field(
+        default=30.0,
+        ge=1,
+        le=3600,
+        description="At most one explanation Event per Pending pod per this many seconds.",
+    )
+
     @model_validator(mode="after")
     def _tls_pair(self) -> Settings:
         if (self.tls_cert is None) != (self.tls_key is None):

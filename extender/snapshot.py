@@ -34,6 +34,7 @@ TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
 REMEMBERED_DEMANDS = 4096
 
 PodKey = tuple[str, str]
+NO_LABELS: Mapping[str, str] = MappingProxyType({})
 CapacitySource = Literal["allocatable", "gfd", "none"]
 
 
@@ -49,6 +50,8 @@ class NodeFacts:
     allocatable: Mapping[str, Any]
     gfd_memory_mib: int | None
     gfd_count: int | None
+    # For explaining a Pending pod, whose nodeSelector or affinity may rule a node out.
+    labels: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +178,9 @@ class NodeState:
     # What /filter's fast path needs, when the node can take it (see fit.filter_nodes):
     # (capacity - declared, live free, sampled at, idle window start, end, idle MiB).
     quick: tuple[int, int, float, float, float, int] | None
+    # The Node's labels (empty for a node the watch has not shown): the pod-side selectors
+    # of extender.explain read them; the fit rule does not.
+    labels: Mapping[str, str] = field(default_factory=lambda: NO_LABELS)
 
     def reserved_mib(self, now: float) -> int:
         if not self.reservations:
@@ -233,6 +239,7 @@ def node_facts(raw: Mapping[str, Any]) -> NodeFacts | None:
         allocatable=dict(_mapping(status.get("allocatable"))),
         gfd_memory_mib=_label_int(labels, GFD_MEMORY_LABEL),
         gfd_count=_label_int(labels, GFD_COUNT_LABEL),
+        labels={str(k): str(v) for k, v in labels.items()},
     )
 
 
@@ -403,6 +410,7 @@ def build_node_state(
         idle_warming=tuple(idle_warming),
         idle_window=window,
         quick=quick,
+        labels=facts.labels if facts is not None else NO_LABELS,
     )
 
 

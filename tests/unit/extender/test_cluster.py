@@ -12,6 +12,7 @@ from extender.advertise import NodeAPIError
 from extender.cluster import (
     BindError,
     KubernetesBinder,
+    KubernetesEvents,
     KubernetesNodes,
     ResourceWatch,
     WatchExpired,
@@ -19,6 +20,7 @@ from extender.cluster import (
     pod_watch,
 )
 from extender.metrics import ExtenderMetrics
+from extender.pending import EventExists, EventMissing, EventRequest, EventWriteError
 from extender.snapshot import ClusterStore
 from tests.unit.extender.factories import make_node, make_pod, make_policy
 
@@ -363,4 +365,120 @@ def test_nodes_errors_read_like_sentences() -> None:
     assert str(unreachable.value) == (
         "listing nodes: cannot reach the API server: "
         "Failed to establish a new connection: [Errno 111] Connection refused"
+    )
+
+
+# --- KubernetesEvents (explanations of Pending pods) -------------------------------------------
+
+
+class FakeEventAPI:
+    """The CoreV1Api methods KubernetesEvents calls."""
+
+    def __init__(self, failure: Exception | None = None) -> None:
+        self.calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
+        self.failure = failure
+
+    def _record(self, name: str, *args: Any, **kwargs: Any) -> FakeResponse:
+        self.calls.append((name, args, kwargs))
+        assert kwargs["_preload_content"] is False
+        assert kwargs["_request_timeout"] == 4
+        if self.failure is not None:
+            raise self.failure
+        return FakeResponse(b"{}")
+
+    def create_namespaced_event(self, namespace: str, body: Any, **kwargs: Any) -> FakeResponse:
+        return self._record("create", namespace, body, **kwargs)
+
+    def patch_namespaced_event(
+        self, name: str, namespace: str, body: Any, **kwargs: Any
+    ) -> FakeResponse:
+        return self._record("patch", name, namespace, body, **kwargs)
+
+
+EVENT_TIME = 1_700_000_000.0  # 2023-11-14T22:13:20Z
+
+
+def event_request(count: int = 1) -> EventRequest:
+    return EventRequest(
+        action="create" if count == 1 else "refresh",
+        name="incoming.0123456789abcdef",
+        namespace="team-a",
+        pod_name="incoming",
+        pod_uid="uid-1",
+        message="vramguard: no node fits 1500 MiB of vramguard.io/gpumem: node-a: declared "
+        "13300 + 1500 > capacity 14000 MiB",
+        count=count,
+        key="k",
+    )
+
+
+def events_client(core: FakeEventAPI) -> KubernetesEvents:
+    return KubernetesEvents(
+        core, instance="vramguard-scheduler-7d9f-x2" + "z" * 200, timeout_seconds=4
+    )
+
+
+def test_events_create_a_core_v1_warning_about_the_pod() -> None:
+    core = FakeEventAPI()
+    events_client(core).create(event_request(), EVENT_TIME)
+    [(name, (namespace, body), _)] = core.calls
+    assert (name, namespace) == ("create", "team-a")
+    assert body["metadata"] == {"name": "incoming.0123456789abcdef", "namespace": "team-a"}
+    # What `kubectl describe pod` lists: the involved object by kind, name, namespace and uid.
+    assert body["involvedObject"] == {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "namespace": "team-a",
+        "name": "incoming",
+        "uid": "uid-1",
+    }
+    assert (body["type"], body["reason"]) == ("Warning", "GPUMemoryUnavailable")
+    assert body["message"].startswith("vramguard: no node fits 1500 MiB")
+    assert body["source"] == {"component": "vramguard-extender"}
+    assert body["reportingComponent"] == "vramguard-extender"
+    assert len(body["reportingInstance"]) == 128
+    assert body["firstTimestamp"] == body["lastTimestamp"] == "2023-11-14T22:13:20Z"
+    assert body["count"] == 1
+
+
+def test_events_refresh_merge_patches_count_message_and_last_timestamp() -> None:
+    core = FakeEventAPI()
+    events_client(core).refresh(event_request(count=3), EVENT_TIME + 60)
+    [(name, (event, namespace, patch), kwargs)] = core.calls
+    assert (name, event, namespace) == ("patch", "incoming.0123456789abcdef", "team-a")
+    assert patch == {
+        "count": 3,
+        "lastTimestamp": "2023-11-14T22:14:20Z",
+        "message": event_request().message,
+    }
+    assert kwargs["_content_type"] == "application/merge-patch+json"
+
+
+def api_error(status: int, reason: str, message: str) -> ApiException:
+    failure = ApiException(status=status, reason=reason)
+    failure.body = json.dumps({"kind": "Status", "message": message, "code": status})
+    return failure
+
+
+def test_events_errors() -> None:
+    exists = FakeEventAPI(api_error(409, "Conflict", 'events "incoming.0123" already exists'))
+    with pytest.raises(EventExists):
+        events_client(exists).create(event_request(), EVENT_TIME)
+    missing = FakeEventAPI(api_error(404, "Not Found", "not found"))
+    with pytest.raises(EventMissing):
+        events_client(missing).refresh(event_request(2), EVENT_TIME)
+    forbidden = FakeEventAPI(
+        api_error(403, "Forbidden", 'events is forbidden: User "x" cannot create resource')
+    )
+    with pytest.raises(EventWriteError, match="creating an event: 403 events is forbidden") as info:
+        events_client(forbidden).create(event_request(), EVENT_TIME)
+    assert "incoming" not in info.value.problem  # one problem for every pod: logged once
+    connection = urllib3.exceptions.NewConnectionError(
+        object(), "Failed to establish a new connection: [Errno 111] Connection refused"
+    )
+    down = FakeEventAPI(urllib3.exceptions.MaxRetryError(None, "/api/v1/events", connection))
+    with pytest.raises(EventWriteError) as unreachable:
+        events_client(down).refresh(event_request(2), EVENT_TIME)
+    assert unreachable.value.problem == (
+        "patching an event: Failed to establish a new connection: [Errno 111] Connection refused"
     )

@@ -7,6 +7,7 @@ import pytest
 from extender.__main__ import build_deps, load_settings, main
 from extender.advertise import AdvertiserService
 from extender.cluster import KubernetesBinder, ResourceWatch
+from extender.pending import PendingExplainer
 from extender.telemetry import TelemetryPoller
 from gpumem.policy_file import PolicyFile
 
@@ -35,7 +36,16 @@ def policy(tmp_path: Path) -> Path:
 
 @pytest.fixture(autouse=True)
 def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("POLICY", "PROMETHEUS_URL", "PORT", "HOST", "TLS_CERT", "TLS_KEY"):
+    for name in (
+        "POLICY",
+        "PROMETHEUS_URL",
+        "PORT",
+        "HOST",
+        "TLS_CERT",
+        "TLS_KEY",
+        "EXPLAIN_PENDING",
+        "SCHEDULER_NAME",
+    ):
         monkeypatch.delenv(f"VRAMGUARD_EXTENDER_{name}", raising=False)
 
 
@@ -115,7 +125,35 @@ def test_production_wiring_from_a_kubeconfig(policy: Path, tmp_path: Path) -> No
     assert [w.resource for w in deps.watches if isinstance(w, ResourceWatch)] == ["pods", "nodes"]
     assert isinstance(deps.telemetry, TelemetryPoller)
     assert deps.store.policy.extender.floor_mib == 256
-    assert deps.services == []
+    # Explaining Pending pods is on by default, fed by the pod watch.
+    assert [type(s) for s in deps.services] == [PendingExplainer]
+    assert settings.scheduler_name == "vramguard-scheduler"
+
+
+def test_explain_pending_can_be_turned_off(
+    policy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(KUBECONFIG)
+    base = [
+        "--policy",
+        str(policy),
+        "--prometheus-url",
+        "http://p",
+        "--kubeconfig",
+        str(kubeconfig),
+    ]
+    settings = load_settings([*base, "--no-explain-pending"])
+    assert not settings.explain_pending
+    assert build_deps(settings, PolicyFile(policy)).services == []
+
+    monkeypatch.setenv("VRAMGUARD_EXTENDER_EXPLAIN_PENDING", "false")
+    monkeypatch.setenv("VRAMGUARD_EXTENDER_SCHEDULER_NAME", "gpu-scheduler")
+    settings = load_settings(base)
+    assert (settings.explain_pending, settings.scheduler_name) == (False, "gpu-scheduler")
+    # The command line wins over the environment.
+    settings = load_settings([*base, "--explain-pending", "--scheduler-name", "other"])
+    assert (settings.explain_pending, settings.scheduler_name) == (True, "other")
 
 
 def test_metrics_listener_and_advertiser_options(policy: Path, tmp_path: Path) -> None:
@@ -139,7 +177,7 @@ def test_metrics_listener_and_advertiser_options(policy: Path, tmp_path: Path) -
     assert (settings.metrics_port, settings.metrics_host) == (8889, "0.0.0.0")
     assert settings.advertise_interval == 60.0
     deps = build_deps(settings, PolicyFile(policy))
-    assert [type(s) for s in deps.services] == [AdvertiserService]
+    assert [type(s) for s in deps.services] == [PendingExplainer, AdvertiserService]
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,441 @@
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from extender.explain import (
+    MESSAGE_LIMIT,
+    EventThrottle,
+    PendingPod,
+    compose,
+    event_name,
+    explain_pod,
+    pending_pod,
+)
+from extender.snapshot import Sample, TelemetryReading
+from gpumem.demand import ResourceNames
+from tests.unit.extender.factories import (
+    NOW,
+    dcgm_reading,
+    make_node,
+    make_pod,
+    make_policy,
+    make_store,
+)
+
+NAMES = ResourceNames(frozenset({"nvidia.com/gpu"}), "vramguard.io/gpumem")
+GPUMEM = "vramguard.io/gpumem"
+HEAD = f"vramguard: no node fits 1500 MiB of {GPUMEM}: "
+
+
+def incoming(need: int = 1500, **fields: Any) -> PendingPod:
+    return PendingPod(uid="u-1", namespace="team-a", name="incoming", need_mib=need, **fields)
+
+
+@dataclass
+class Case:
+    nodes: list[dict[str, Any]]
+    pods: list[dict[str, Any]] = field(default_factory=list)
+    reading: TelemetryReading | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+    pod: PendingPod = field(default_factory=incoming)
+    message: str = ""
+    fits_on: tuple[str, ...] = ()
+
+
+def resident(name: str, mib: int, node: str) -> dict[str, Any]:
+    return make_pod(name, mib, node=node)
+
+
+SEEDS_NODE = [
+    resident("immich-ml", 3000, "node-a"),
+    resident("llama-swap", 5000, "node-a"),
+    resident("frigate", 2000, "node-a"),
+    resident("immich-server", 1800, "node-a"),
+    resident("portal-stt", 1500, "node-a"),
+]
+
+CASES = {
+    "declared-refusal": Case(
+        nodes=[make_node("node-a", allocatable_mib=14000)],
+        pods=SEEDS_NODE,
+        reading=dcgm_reading({"node-a": 9000}, age=3),
+        message=HEAD + "node-a: declared 13300 + 1500 > capacity 14000 MiB",
+    ),
+    "live-refusal": Case(
+        nodes=[make_node("node-b", allocatable_mib=14000)],
+        reading=dcgm_reading({"node-b": 1900}, age=3),
+        message=HEAD + "node-b: live free 1900 MiB < need 1500 + floor 512 MiB (dcgm, 3s old)",
+    ),
+    "declared-and-live-best-first": Case(
+        nodes=[
+            make_node("node-a", allocatable_mib=14000),
+            make_node("node-b", allocatable_mib=14000),
+        ],
+        pods=SEEDS_NODE,
+        reading=dcgm_reading({"node-a": 9000, "node-b": 1900}, age=3),
+        # node-b is 112 MiB short, node-a 800: node-b first.
+        message=HEAD + "node-b: live free 1900 MiB < need 1500 + floor 512 MiB (dcgm, 3s old); "
+        "node-a: declared 13300 + 1500 > capacity 14000 MiB",
+    ),
+    "stale-deny": Case(
+        nodes=[make_node("node-a", allocatable_mib=14000)],
+        reading=dcgm_reading({"node-a": 14000}, age=75),
+        settings={"staleMode": "deny"},
+        message=HEAD + "node-a: live GPU memory telemetry is 75s old > maxAgeSeconds 60 "
+        "(dcgm); staleMode deny",
+    ),
+    "stale-budget-only-fits-on-budgets": Case(
+        nodes=[make_node("node-a", allocatable_mib=14000)],
+        reading=dcgm_reading({"node-a": 100}, age=75),
+        fits_on=("node-a",),
+    ),
+    "no-gpu-nodes": Case(
+        nodes=[make_node("cpu-1"), make_node("cpu-2")],
+        message=HEAD + "no node advertises GPU memory",
+    ),
+    "no-nodes-at-all": Case(nodes=[], message=HEAD + "no node advertises GPU memory"),
+    "fits-somewhere-says-nothing": Case(
+        nodes=[
+            make_node("node-a", allocatable_mib=14000),
+            make_node("node-c", allocatable_mib=4000),
+        ],
+        pods=SEEDS_NODE,
+        reading=dcgm_reading({"node-a": 9000, "node-c": 4000}),
+        fits_on=("node-c",),
+    ),
+    "too-big-for-any-card": Case(
+        nodes=[make_node("node-c", allocatable_mib=4000)],
+        reading=dcgm_reading({"node-c": 4000}),
+        pod=incoming(6000),
+        message=f"vramguard: no node fits 6000 MiB of {GPUMEM}: node-c: need 6000 > capacity "
+        "4000 MiB",
+    ),
+    "gfd-capacity-counts": Case(
+        nodes=[make_node("node-g", gfd_memory_mib=16384, gfd_count=1)],
+        pods=[resident("big", 14000, "node-g")],
+        reading=dcgm_reading({"node-g": 2000}),
+        message=HEAD + "node-g: declared 14000 + 1500 > capacity 15360 MiB",
+    ),
+    "node-selector-rules-out-the-node-with-room": Case(
+        nodes=[
+            make_node("node-a", allocatable_mib=14000),
+            make_node("node-c", allocatable_mib=4000),
+        ],
+        pods=SEEDS_NODE,
+        reading=dcgm_reading({"node-a": 9000, "node-c": 4000}),
+        pod=incoming(node_selector={"kubernetes.io/hostname": "node-a"}),
+        message=HEAD + "node-a: declared 13300 + 1500 > capacity 14000 MiB",
+    ),
+    "node-affinity-rules-out-the-node-with-room": Case(
+        nodes=[
+            make_node("node-a", allocatable_mib=14000),
+            make_node("node-c", allocatable_mib=4000),
+        ],
+        pods=SEEDS_NODE,
+        reading=dcgm_reading({"node-a": 9000, "node-c": 4000}),
+        pod=incoming(
+            affinity_terms=(
+                {
+                    "matchFields": [
+                        {"key": "metadata.name", "operator": "NotIn", "values": ["node-c"]}
+                    ]
+                },
+            )
+        ),
+        message=HEAD + "node-a: declared 13300 + 1500 > capacity 14000 MiB",
+    ),
+    "no-gpu-node-matches-the-selector": Case(
+        nodes=[
+            make_node("node-a", allocatable_mib=14000),
+            make_node("node-c", allocatable_mib=4000),
+        ],
+        reading=dcgm_reading({"node-a": 9000, "node-c": 4000}),
+        pod=incoming(node_selector={"pool": "a100"}),
+        message=HEAD + "none of the 2 GPU nodes matches the pod's nodeSelector or node affinity",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def test_explain_pod(case: Case) -> None:
+    store = make_store(make_policy(**case.settings), case.nodes, case.pods, case.reading)
+    policy = store.policy
+    explanation = explain_pod(
+        case.pod, store.snapshot().nodes, policy.extender, NOW, resource=GPUMEM
+    )
+    assert explanation.message == case.message
+    assert explanation.explains == bool(case.message)
+    assert explanation.fits_on == case.fits_on
+    if case.fits_on:
+        assert explanation.refused == ()
+
+
+def many_nodes(count: int, name: str = "node-{i}") -> Case:
+    """count nodes of 14000 MiB, node i with 13000 + 100 i declared: i MiB... short."""
+    nodes = [make_node(name.format(i=i), allocatable_mib=14000) for i in range(count)]
+    pods = [resident(f"r{i}", 13000 + 100 * i, name.format(i=i)) for i in range(count)]
+    reading = dcgm_reading({name.format(i=i): 14000 for i in range(count)})
+    return Case(nodes=nodes, pods=pods, reading=reading)
+
+
+def explain(case: Case, **options: Any) -> Any:
+    store = make_store(make_policy(), case.nodes, case.pods, case.reading)
+    return explain_pod(
+        case.pod, store.snapshot().nodes, store.policy.extender, NOW, resource=GPUMEM, **options
+    )
+
+
+def test_at_most_five_nodes_best_first_then_how_many_more() -> None:
+    explanation = explain(many_nodes(8))
+    listed = re.findall(r"(node-\d): declared", explanation.message)
+    assert listed == ["node-0", "node-1", "node-2", "node-3", "node-4"]
+    assert explanation.message.endswith("; and 3 more")
+    assert [name for name, _ in explanation.refused][:3] == ["node-0", "node-1", "node-2"]
+    assert [r.short_mib for _, r in explanation.refused] == [500 + 100 * i for i in range(8)]
+
+
+def test_refusals_without_a_shortfall_come_last() -> None:
+    case = Case(
+        nodes=[
+            make_node("fresh", allocatable_mib=14000),
+            make_node("stale", allocatable_mib=14000),
+        ],
+        pods=[resident("r", 13000, "fresh")],
+        reading=TelemetryReading(
+            source="dcgm",
+            fetched_at=NOW,
+            free={"fresh": Sample(14000, NOW - 1)},
+        ),
+    )
+    store = make_store(make_policy(staleMode="deny"), case.nodes, case.pods, case.reading)
+    explanation = explain_pod(
+        incoming(), store.snapshot().nodes, store.policy.extender, NOW, resource=GPUMEM
+    )
+    assert [name for name, _ in explanation.refused] == ["fresh", "stale"]
+    assert "stale: no live GPU memory telemetry for the node (dcgm); staleMode deny" in (
+        explanation.message
+    )
+
+
+@pytest.mark.parametrize("limit", [200, 300, 1024])
+def test_message_never_exceeds_the_event_limit(limit: int) -> None:
+    long_name = "gpu-node-with-a-very-long-name-{i}-" + "x" * 180
+    explanation = explain(many_nodes(12, long_name), limit=limit)
+    assert len(explanation.message) <= limit
+    assert explanation.message.startswith(HEAD)
+    # As many whole nodes as fit, then how many were left out.
+    assert re.search(r"; and \d+ more$", explanation.message)
+
+
+def test_default_limit_is_the_event_api_cap() -> None:
+    explanation = explain(many_nodes(40, "n{i}-" + "y" * 240))
+    assert MESSAGE_LIMIT == 1024
+    assert len(explanation.message) <= 1024
+
+
+def test_compose_cuts_one_part_too_long_for_the_limit() -> None:
+    head = "vramguard: no node fits 1 MiB of x: "
+    message = compose(head, ["a" * 500, "b: short"], max_nodes=5, limit=100)
+    assert len(message) == 100
+    assert message.startswith(head + "aaa")
+    assert message.endswith("...; and 1 more")
+    assert compose(head, ["a: 1", "b: 2"], max_nodes=5, limit=1024) == head + "a: 1; b: 2"
+    assert compose(head, ["a: 1", "b: 2"], max_nodes=1, limit=1024) == head + "a: 1; and 1 more"
+
+
+def test_key_ignores_telemetry_ages() -> None:
+    case = CASES["live-refusal"]
+    store = make_store(make_policy(), case.nodes, case.pods, case.reading)
+    nodes = store.snapshot().nodes
+    settings = store.policy.extender
+    now = explain_pod(incoming(), nodes, settings, NOW, resource=GPUMEM)
+    later = explain_pod(incoming(), nodes, settings, NOW + 5, resource=GPUMEM)
+    assert now.message != later.message  # 3s old, then 8s old
+    assert now.key == later.key
+
+
+# --- which pods ---------------------------------------------------------------------------
+
+
+def unschedulable(pod: dict[str, Any], reason: str = "Unschedulable") -> dict[str, Any]:
+    pod["status"]["conditions"] = [
+        {
+            "type": "PodScheduled",
+            "status": "False",
+            "reason": reason,
+            "message": "0/1 nodes are available: 1 Insufficient vramguard.io/gpumem.",
+        }
+    ]
+    return pod
+
+
+def with_spec(pod: dict[str, Any], **spec: Any) -> dict[str, Any]:
+    pod["spec"].update(spec)
+    return pod
+
+
+def with_metadata(pod: dict[str, Any], **metadata: Any) -> dict[str, Any]:
+    pod["metadata"].update(metadata)
+    return pod
+
+
+PODS = {
+    "unschedulable-gpu-pod": (unschedulable(make_pod("p", 1500)), 1500),
+    "not-tried-yet": (make_pod("p", 1500), None),
+    "bound": (unschedulable(make_pod("p", 1500, node="gpu-1")), None),
+    "other-scheduler": (with_spec(unschedulable(make_pod("p", 1500)), schedulerName="x"), None),
+    "default-scheduler-when-unset": (
+        unschedulable(make_pod("p", 1500)) | {"spec": {"containers": []}},
+        None,
+    ),
+    "scheduler-error-not-unschedulable": (
+        unschedulable(make_pod("p", 1500), reason="SchedulerError"),
+        None,
+    ),
+    "no-gpumem": (unschedulable(make_pod("p", None)), None),
+    "not-a-gpu-pod": (unschedulable(make_pod("p", None, gpu=False)), None),
+    "terminating": (
+        with_metadata(unschedulable(make_pod("p", 1500)), deletionTimestamp="2024-01-01T00:00:00Z"),
+        None,
+    ),
+    "failed": (unschedulable(make_pod("p", 1500, phase="Failed")), None),
+    "no-uid": (with_metadata(unschedulable(make_pod("p", 1500)), uid=None), None),
+    "garbage": ({"spec": "nope", "metadata": 3}, None),
+}
+
+
+@pytest.mark.parametrize(("raw", "need"), PODS.values(), ids=PODS.keys())
+def test_pending_pod(raw: dict[str, Any], need: int | None) -> None:
+    pod = pending_pod(raw, "vramguard-scheduler", NAMES)
+    assert (pod.need_mib if pod is not None else None) == need
+    if pod is not None:
+        assert (pod.namespace, pod.name) == ("team-a", "p")
+        assert pod.scheduler_message.startswith("0/1 nodes are available")
+
+
+def test_pending_pod_reads_selectors() -> None:
+    terms = [{"matchExpressions": [{"key": "pool", "operator": "In", "values": ["t4"]}]}]
+    raw = with_spec(
+        unschedulable(make_pod("p", 1500)),
+        nodeSelector={"kubernetes.io/os": "linux"},
+        affinity={
+            "nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": terms}
+            }
+        },
+    )
+    pod = pending_pod(raw, "vramguard-scheduler", NAMES)
+    assert pod is not None
+    assert pod.node_selector == {"kubernetes.io/os": "linux"}
+    assert pod.affinity_terms == tuple(terms)
+    assert pod.admits("n", {"kubernetes.io/os": "linux", "pool": "t4"})
+    assert not pod.admits("n", {"kubernetes.io/os": "linux", "pool": "a100"})
+    assert not pod.admits("n", {"pool": "t4"})
+
+
+def expression(operator: str, *values: str, key: str = "pool") -> dict[str, Any]:
+    return {"matchExpressions": [{"key": key, "operator": operator, "values": list(values)}]}
+
+
+AFFINITY = {
+    "in": (expression("In", "t4", "a10"), {"pool": "a10"}, True),
+    "in-missing-label": (expression("In", "t4"), {}, False),
+    "not-in": (expression("NotIn", "t4"), {"pool": "a10"}, True),
+    "not-in-missing-label": (expression("NotIn", "t4"), {}, True),
+    "not-in-listed": (expression("NotIn", "t4"), {"pool": "t4"}, False),
+    "exists": (expression("Exists"), {"pool": ""}, True),
+    "does-not-exist": (expression("DoesNotExist"), {"pool": "t4"}, False),
+    "gt": (expression("Gt", "8", key="mem"), {"mem": "16"}, True),
+    "gt-equal": (expression("Gt", "16", key="mem"), {"mem": "16"}, False),
+    "lt": (expression("Lt", "8", key="mem"), {"mem": "4"}, True),
+    "gt-not-a-number": (expression("Gt", "8", key="mem"), {"mem": "lots"}, False),
+    "unknown-operator": (expression("Near", "t4"), {"pool": "t4"}, False),
+    "empty-term-matches-nothing": ({}, {"pool": "t4"}, False),
+    "match-fields-name": (
+        {"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["n"]}]},
+        {},
+        True,
+    ),
+}
+
+
+@pytest.mark.parametrize(("term", "labels", "admits"), AFFINITY.values(), ids=AFFINITY.keys())
+def test_required_node_affinity(term: dict[str, Any], labels: dict[str, str], admits: bool) -> None:
+    assert incoming(affinity_terms=(term,)).admits("n", labels) is admits
+
+
+def test_affinity_terms_are_ored() -> None:
+    pod = incoming(affinity_terms=(expression("In", "t4"), expression("In", "a10")))
+    assert pod.admits("n", {"pool": "a10"})
+    assert not pod.admits("n", {"pool": "h100"})
+
+
+# --- when to say it -------------------------------------------------------------------------
+
+
+def test_throttle_one_event_per_explanation_and_at_most_one_per_interval() -> None:
+    throttle = EventThrottle(min_interval=30, refresh_interval=600)
+    t = NOW
+    assert throttle.due("u", t)
+    assert throttle.decide("u", "k1", t) == "create"
+    assert throttle.next_count("u", "create") == 1
+    throttle.said("u", "k1", t, "create")
+    assert not throttle.due("u", t + 29)
+    assert throttle.decide("u", "k1", t + 5) is None  # the same explanation: said already
+    assert throttle.decide("u", "k2", t + 29) is None  # changed, but within 30 s
+    assert throttle.due("u", t + 30)
+    assert throttle.decide("u", "k1", t + 300) is None  # unchanged: nothing to add
+    assert throttle.decide("u", "k2", t + 30) == "create"
+    throttle.said("u", "k2", t + 30, "create")
+    # The same explanation, long after: refreshed (count and last timestamp), not repeated.
+    assert throttle.decide("u", "k2", t + 30 + 600) == "refresh"
+    assert throttle.next_count("u", "refresh") == 2
+    throttle.said("u", "k2", t + 630, "refresh")
+    assert throttle.next_count("u", "refresh") == 3
+    # Each pod has its own budget.
+    assert throttle.decide("v", "k2", t + 631) == "create"
+
+
+def test_throttle_without_refresh() -> None:
+    throttle = EventThrottle(min_interval=30, refresh_interval=None)
+    throttle.said("u", "k", NOW, "create")
+    assert throttle.decide("u", "k", NOW + 86400) is None
+
+
+def test_throttle_failed_write_is_tried_again_after_the_interval() -> None:
+    throttle = EventThrottle(min_interval=30)
+    throttle.said("u", "k", NOW, "create")
+    throttle.failed("u", "other")  # about an older explanation: nothing changes
+    assert throttle.decide("u", "k", NOW + 31) is None
+    throttle.failed("u", "k")
+    assert throttle.decide("u", "k", NOW + 10) is None
+    assert throttle.decide("u", "k", NOW + 30) == "create"
+
+
+def test_throttle_forgets_pods_no_longer_pending() -> None:
+    throttle = EventThrottle()
+    throttle.said("bound", "k", NOW, "create")
+    throttle.said("pending", "k", NOW, "create")
+    throttle.retain(["pending"])
+    assert len(throttle) == 1
+    assert throttle.decide("bound", "k", NOW + 1) == "create"
+    assert throttle.decide("pending", "k", NOW + 1) is None
+
+
+DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+def test_event_name_is_stable_per_explanation_and_a_valid_name() -> None:
+    name = event_name("incoming", "uid-1", "key")
+    assert name == event_name("incoming", "uid-1", "key")
+    assert name.startswith("incoming.")
+    assert name != event_name("incoming", "uid-1", "other key")
+    assert name != event_name("incoming", "uid-2", "key")
+    for pod_name in ("incoming", "a" * 253, ("a" * 235) + "-.b" * 6, "web.v1"):
+        name = event_name(pod_name, "uid-1", "key")
+        assert len(name) <= 253
+        assert DNS_SUBDOMAIN.match(name), name
