@@ -57,8 +57,8 @@ e2e: tools ## the end-to-end suite alone
 	$(PY) -m pytest -m e2e
 
 .PHONY: demo
-demo: $(STAMP) ## start the webhook with the sample policy and show its decisions
-	$(PY) tests/demo/webhook_demo.py
+demo: $(STAMP) ## the whole story on a local control plane: budgets, live VRAM, reasons
+	$(PY) tests/demo/demo.py
 
 .PHONY: bench
 bench: $(STAMP) ## benchmarks (print numbers; never pass/fail)
@@ -76,3 +76,7 @@ schema: $(STAMP) ## regenerate the policy JSON Schema
 .PHONY: clean
 clean: ## remove the virtualenv and caches (built Kubernetes binaries live in ~/.cache/vramguard)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis $(CERTS_OUT)
+
+.PHONY: demo-webhook
+demo-webhook: $(STAMP) ## the webhook alone: sample pods and what it does to each
+	$(PY) tests/demo/webhook_demo.py

@@ -1,16 +1,21 @@
 """Fixtures for the end-to-end suite.
 
 By default one local control plane (etcd, kube-apiserver, default kube-scheduler;
-binaries built on first use by controlplane/build.sh) is shared by the whole session.
+binaries built on first use by controlplane/build.sh) is shared by the whole session, and
+so is vramguard next to it: GPU exporter, Prometheus, webhook, extender and the
+vramguard-scheduler, all local processes (``harness.LocalVramguard``).
+
 Set VRAMGUARD_E2E_KUBECONFIG=/path/to/kubeconfig to run against an existing cluster
-instead, and VRAMGUARD_E2E_KEEP=1 to keep the working directory (logs, kubeconfig)
-even when everything passes; it is always kept when a test failed.
+instead; vramguard is then the one deployed there (manifests applied) and tests that need
+the local pieces (exporter, policy file, stopping processes) are skipped.
+VRAMGUARD_E2E_KEEP=1 keeps the working directory (logs, kubeconfig) even when everything
+passes; it is always kept, and every process's log path printed, when a test failed.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import pytest
@@ -20,14 +25,24 @@ from .harness import (
     ClusterBase,
     ControlPlaneError,
     GPUNodeSpec,
+    LocalVramguard,
     ProcessError,
+    PrometheusUnavailable,
+    Vramguard,
     cluster_from_environment,
     create_gpu_node,
     delete_node,
     delete_pod,
+    vramguard_for,
 )
 
 _KEPT_DIRS = pytest.StashKey[list[str]]()
+_CLUSTER = pytest.StashKey[ClusterBase]()
+
+# The seeds' card: a 16 GiB T4 (15360 MiB as GPU Feature Discovery reports it) whose node
+# advertises 14000 MiB of vramguard.io/gpumem.
+T4_MIB = 15360
+T4_ADVERTISED_MIB = 14000
 
 
 def unique_name(prefix: str) -> str:
@@ -49,9 +64,11 @@ def control_plane(request: pytest.FixtureRequest) -> Iterator[ClusterBase]:
         problem = f"e2e control plane failed to start{where}: {err}"
     if problem is not None:
         pytest.fail(problem, pytrace=False)
+    request.config.stash[_CLUSTER] = cluster
     try:
         yield cluster
     finally:
+        del request.config.stash[_CLUSTER]
         failed = request.session.testsfailed > 0
         kept = cluster.stop(keep_logs=True if failed else None)
         if kept is not None:
@@ -68,21 +85,58 @@ def core_v1(control_plane: ClusterBase) -> Any:
     return client.CoreV1Api(control_plane.api_client())
 
 
+@pytest.fixture(scope="session")
+def vramguard(control_plane: ClusterBase) -> Iterator[Vramguard]:
+    """vramguard in the cluster under test: started locally next to a local control plane
+    (exporter, Prometheus, webhook, extender, vramguard-scheduler), else the deployed one."""
+    stack = vramguard_for(control_plane)
+    try:
+        stack.start()
+    except (PrometheusUnavailable, ControlPlaneError, ProcessError, OSError) as err:
+        stack.stop()
+        pytest.fail(f"vramguard failed to start next to the control plane: {err}", pytrace=False)
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
 @pytest.fixture
-def namespace(core_v1: Any) -> Iterator[str]:
-    """A fresh namespace; its pods are force-deleted afterwards.
+def local_vramguard(vramguard: Vramguard) -> Iterator[LocalVramguard]:
+    """The local stack, for tests that set GPU telemetry, rewrite the policy or stop
+    processes; skipped against a deployed vramguard. The exporter reports nothing again
+    afterwards."""
+    if not isinstance(vramguard, LocalVramguard):
+        pytest.skip("needs the local vramguard stack (exporter, policy file, processes)")
+    yield vramguard
+    vramguard.exporter.clear()
 
-    (The namespace itself stays Terminating on the local control plane: no
-    kube-controller-manager runs to finalize it.)
+
+@pytest.fixture
+def make_namespace(core_v1: Any) -> Iterator[Callable[..., str]]:
+    """Factory: ``make_namespace(prefix, labels=None)`` creates a fresh namespace and
+    returns its name; its pods are force-deleted afterwards.
+
+    (Namespaces stay Terminating on the local control plane: no kube-controller-manager
+    runs to finalize them, which is why every test uses fresh ones.)
     """
-    from kubernetes import client  # noqa: PLC0415
+    created: list[str] = []
 
-    name = unique_name("e2e")
-    core_v1.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-    yield name
-    for pod in core_v1.list_namespaced_pod(name).items:
-        delete_pod(core_v1, name, pod.metadata.name)
-    core_v1.delete_namespace(name)
+    def make(prefix: str = "e2e", labels: Mapping[str, str] | None = None) -> str:
+        name = unique_name(prefix)
+        core_v1.create_namespace({"metadata": {"name": name, "labels": dict(labels or {}) or None}})
+        created.append(name)
+        return name
+
+    yield make
+    for name in created:
+        _empty_and_delete_namespace(core_v1, name)
+
+
+@pytest.fixture
+def namespace(make_namespace: Callable[..., str]) -> str:
+    """A fresh namespace; its pods are force-deleted afterwards."""
+    return make_namespace("e2e")
 
 
 @pytest.fixture
@@ -102,6 +156,54 @@ def make_gpu_node(core_v1: Any) -> Iterator[Callable[..., Any]]:
         delete_node(core_v1, name)
 
 
+@pytest.fixture
+def make_vram_node(
+    local_vramguard: LocalVramguard, make_gpu_node: Callable[..., Any]
+) -> Callable[..., str]:
+    """Factory: ``make_vram_node(gpumem_mib=14000, total_mib=15360, used_mib=0, **spec)``
+    creates a fake node with one time-sliced card that advertises ``gpumem_mib``, makes
+    the exporter report ``used_mib`` of ``total_mib`` in use on it, and waits until the
+    extender knows the node with fresh live telemetry. Returns the node name."""
+
+    def make(
+        *,
+        gpumem_mib: int | None = T4_ADVERTISED_MIB,
+        total_mib: int = T4_MIB,
+        used_mib: int = 0,
+        **spec: Any,
+    ) -> str:
+        spec.setdefault("gpu_replicas", 8)
+        node = make_gpu_node(gpumem_mib=gpumem_mib, gpu_memory_mib=total_mib, **spec)
+        name = str(node.metadata.name)
+        local_vramguard.set_card(name, total_mib=total_mib, used_mib=used_mib)
+        return name
+
+    return make
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests that do not use vramguard run first: once the session's vramguard is up, its
+    webhook sends every GPU pod to the vramguard-scheduler."""
+    items.sort(key=lambda item: "vramguard" in getattr(item, "fixturenames", ()))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """On a failed e2e test, say where every process's log is."""
+    report = yield
+    cluster = item.config.stash.get(_CLUSTER, None)
+    if report.failed and cluster is not None and cluster.log_files():
+        lines = [f"{name}: {path}" for name, path in cluster.log_files().items()]
+        report.sections.append(("vramguard e2e process logs", "\n".join(lines)))
+    return report
+
+
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     for entry in config.stash.get(_KEPT_DIRS, []):
         terminalreporter.write_line(f"vramguard e2e: kept control-plane logs in {entry}")
+
+
+def _empty_and_delete_namespace(core: Any, name: str) -> None:
+    for pod in core.list_namespaced_pod(name).items:
+        delete_pod(core, name, pod.metadata.name)
+    core.delete_namespace(name)

@@ -20,6 +20,7 @@ import shutil
 import ssl
 import sys
 import tempfile
+import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -72,6 +73,7 @@ class ClusterBase:
         self._keep_logs = _env_flag("VRAMGUARD_E2E_KEEP") if keep_logs is None else keep_logs
         self._processes: list[ManagedProcess] = []
         self._schedulers: dict[str, ManagedProcess] = {}
+        self._scheduler_ports: dict[str, int] = {}
         self._log_files: dict[str, Path] = {}
         self._binaries: Binaries | None = None
         self.kept_workdir: Path | None = None
@@ -111,6 +113,9 @@ class ClusterBase:
         self.kept_workdir = None
         try:
             self._start()
+        except KeyboardInterrupt:
+            self.stop()  # stopped on purpose: no logs to keep unless VRAMGUARD_E2E_KEEP
+            raise
         except BaseException:
             self.stop(keep_logs=True)
             raise
@@ -215,12 +220,15 @@ class ClusterBase:
                 f"--cert-dir={directory / 'certs'}",
                 f"--authentication-kubeconfig={self.kubeconfig}",
                 f"--authorization-kubeconfig={self.kubeconfig}",
+                # Tests read scheduler_pending_pods; loopback only, so no auth for /metrics.
+                "--authorization-always-allow-paths=/healthz,/readyz,/livez,/metrics",
                 *extra_args,
             ],
             self.workdir / "logs" / f"kube-scheduler-{name}.log",
         )
         self._launch(process)
         self._schedulers[name] = process
+        self._scheduler_ports[name] = port
         insecure = ssl.create_default_context()
         insecure.check_hostname = False
         insecure.verify_mode = ssl.CERT_NONE
@@ -232,12 +240,53 @@ class ClusterBase:
         )
         return process
 
+    def scheduler_metrics(self, name: str, timeout: float = 5.0) -> str:
+        """The /metrics text of a scheduler started here (e.g. ``scheduler_pending_pods``)."""
+        port = self._scheduler_ports.get(name)
+        if port is None or name not in self._schedulers:
+            raise ControlPlaneError(f"no scheduler {name!r} was started")
+        insecure = ssl.create_default_context()
+        insecure.check_hostname = False
+        insecure.verify_mode = ssl.CERT_NONE  # its self-signed serving cert, on loopback
+        opener = urllib.request.build_opener(
+            urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=insecure)
+        )
+        with opener.open(f"https://{LOCALHOST}:{port}/metrics", timeout=timeout) as response:
+            return str(response.read().decode())
+
     def stop_scheduler(self, name: str) -> None:
         process = self._schedulers.pop(name, None)
+        self._scheduler_ports.pop(name, None)
         if process is None:
             raise ControlPlaneError(f"no scheduler {name!r} was started")
         process.stop()
         self._processes.remove(process)
+
+    # -- other processes --------------------------------------------------------------
+
+    def start_process(
+        self,
+        process: ManagedProcess,
+        *,
+        ready: Callable[[], bool] | None = None,
+        what: str | None = None,
+        timeout: float = 60.0,
+    ) -> ManagedProcess:
+        """Start a process (or start a stopped one again) that this harness then owns: it
+        is stopped by ``stop()`` and its log is listed by ``log_files()``. Waits until
+        ``ready()`` is true, failing fast with the end of its log if it exits."""
+        self._launch(process)
+        if ready is not None:
+            wait_until(
+                what or f"{process.name} to be ready", ready, timeout=timeout, watch=[process]
+            )
+        return process
+
+    def stop_process(self, process: ManagedProcess) -> None:
+        """Stop a process started with ``start_process``; ``start_process`` may restart it."""
+        process.stop()
+        if process in self._processes:
+            self._processes.remove(process)
 
     def _launch(self, process: ManagedProcess) -> None:
         try:
@@ -306,10 +355,9 @@ class ControlPlane(ClusterBase):
         pki_dir = self.workdir / "pki"
         pki_dir.mkdir()
         ca = CertificateAuthority.create(pki_dir)
-        serving = ca.issue(
+        serving = ca.issue_server(
             pki_dir,
             "apiserver",
-            common_name="kube-apiserver",
             dns_names=(
                 "localhost",
                 "kubernetes",
@@ -318,14 +366,9 @@ class ControlPlane(ClusterBase):
                 "kubernetes.default.svc.cluster.local",
             ),
             ip_addresses=(LOCALHOST, "10.0.0.1"),
-            server=True,
         )
-        admin = ca.issue(
-            pki_dir,
-            "admin",
-            common_name=ADMIN_USER,
-            organizations=("system:masters",),
-            client=True,
+        admin = ca.issue_client(
+            pki_dir, "admin", common_name=ADMIN_USER, organizations=("system:masters",)
         )
         service_account = write_service_account_keys(pki_dir)
         self._ca_file = ca.cert_path

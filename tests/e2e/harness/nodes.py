@@ -19,6 +19,7 @@ NOT_READY_TAINT_KEYS = frozenset(
     }
 )
 GPU_RESOURCE = "nvidia.com/gpu"
+GPUMEM_RESOURCE = "vramguard.io/gpumem"
 GFD_MEMORY_LABEL = "nvidia.com/gpu.memory"
 GFD_COUNT_LABEL = "nvidia.com/gpu.count"
 GFD_PRODUCT_LABEL = "nvidia.com/gpu.product"
@@ -32,7 +33,9 @@ class GPUNodeSpec:
 
     ``gpu_replicas`` is the time-sliced ``nvidia.com/gpu`` count the device plugin would
     advertise for ``gpu_count`` physical GPUs of ``gpu_memory_mib`` MiB each.
-    ``extended_resources`` adds more capacity, e.g. ``{"vramguard.io/gpumem": "15360"}``.
+    ``gpumem_mib`` advertises vramguard's GPU-memory resource (``vramguard.io/gpumem``,
+    integer MiB) in capacity and allocatable, as the seeds' node-status job does.
+    ``extended_resources`` adds more capacity, e.g. ``{"example.com/foo": "1"}``.
     """
 
     name: str
@@ -43,6 +46,7 @@ class GPUNodeSpec:
     cpu: str = "8"
     memory: str = "32Gi"
     pods: int = 110
+    gpumem_mib: int | None = None
     extended_resources: Mapping[str, str] = field(default_factory=dict)
     labels: Mapping[str, str] = field(default_factory=dict)
 
@@ -69,6 +73,8 @@ class GPUNodeSpec:
             "ephemeral-storage": "100Gi",
             GPU_RESOURCE: str(self.gpu_replicas),
         }
+        if self.gpumem_mib is not None:
+            capacity[GPUMEM_RESOURCE] = str(self.gpumem_mib)
         capacity.update(self.extended_resources)
         return capacity
 
@@ -140,6 +146,13 @@ def untaint_node(core: Any, name: str) -> Any:
         return node
     node.spec.taints = kept
     return core.replace_node(name, node)
+
+
+def label_node(core: Any, name: str, labels: Mapping[str, str | None]) -> Any:
+    """Merge-patch the Node's labels (None removes one). A Node update is also a cluster
+    event: kube-scheduler retries the unschedulable pods it might help, among them every
+    pod an extender refused (it cannot know what an extender waits for)."""
+    return core.patch_node(name, {"metadata": {"labels": dict(labels)}})
 
 
 def delete_node(core: Any, name: str) -> None:

@@ -1,10 +1,14 @@
 """Throw-away PKI for a local control plane: a CA, TLS certificates it signs, and a
-service-account signing key. Everything is written as PEM files into a directory."""
+service-account signing key. Everything is written as PEM files into a directory.
+
+The CA and serving certificates come from the project's own ``certs`` package. Client
+certificates are made here: the admin's must carry ``O=system:masters`` (its group, for
+RBAC), and ``certs.authority.issue_client_cert`` sets only a common name.
+"""
 
 from __future__ import annotations
 
 import datetime
-import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +17,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-_VALIDITY = datetime.timedelta(days=2)
+from certs.authority import KeyPair, issue_server_cert, new_ca, subject_names
+
+_VALIDITY_DAYS = 2
+_BACKDATE = datetime.timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -26,95 +33,70 @@ class CertPair:
 
 @dataclass(frozen=True)
 class CertificateAuthority:
-    """A CA whose key is kept in memory to sign further certificates."""
+    """A CA (``certs.authority.new_ca``) whose key is kept to sign further certificates."""
 
     cert_path: Path
-    certificate: x509.Certificate
-    private_key: ec.EllipticCurvePrivateKey
+    pair: KeyPair
 
     @classmethod
     def create(cls, directory: Path, common_name: str = "vramguard-e2e-ca") -> CertificateAuthority:
-        key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-        now = _now()
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + _VALIDITY)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
-            .sign(key, hashes.SHA256())
-        )
-        cert_path = directory / "ca.crt"
-        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        _write_key(directory / "ca.key", key)
-        return cls(cert_path=cert_path, certificate=cert, private_key=key)
+        pair = new_ca(common_name, days=_VALIDITY_DAYS)
+        written = _write_pair(directory, "ca", pair)
+        return cls(cert_path=written.cert, pair=pair)
 
-    def issue(
+    @property
+    def certificate(self) -> x509.Certificate:
+        return self.pair.certificate
+
+    def issue_server(
+        self,
+        directory: Path,
+        basename: str,
+        *,
+        dns_names: tuple[str, ...] = (),
+        ip_addresses: tuple[str, ...] = (),
+    ) -> CertPair:
+        """A serving certificate (``certs.authority.issue_server_cert``); writes
+        ``<basename>.crt`` and ``<basename>.key``."""
+        names = subject_names(dns_names, ip_addresses)
+        return _write_pair(
+            directory, basename, issue_server_cert(self.pair, names, days=_VALIDITY_DAYS)
+        )
+
+    def issue_client(
         self,
         directory: Path,
         basename: str,
         *,
         common_name: str,
         organizations: tuple[str, ...] = (),
-        dns_names: tuple[str, ...] = (),
-        ip_addresses: tuple[str, ...] = (),
-        server: bool = False,
-        client: bool = False,
     ) -> CertPair:
-        """Sign a leaf certificate; write ``<basename>.crt`` and ``<basename>.key``."""
+        """A client certificate for user ``common_name`` in groups ``organizations``."""
+        signing_key = serialization.load_pem_private_key(self.pair.key_pem, password=None)
+        if not isinstance(signing_key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
+            raise TypeError("the CA key must be an EC or RSA key")
         key = ec.generate_private_key(ec.SECP256R1())
         attributes = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
         attributes += [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in organizations]
-        usages = []
-        if server:
-            usages.append(ExtendedKeyUsageOID.SERVER_AUTH)
-        if client:
-            usages.append(ExtendedKeyUsageOID.CLIENT_AUTH)
-        now = _now()
-        builder = (
+        now = datetime.datetime.now(datetime.UTC)
+        cert = (
             x509.CertificateBuilder()
             .subject_name(x509.Name(attributes))
             .issuer_name(self.certificate.subject)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + _VALIDITY)
+            .not_valid_before(now - _BACKDATE)
+            .not_valid_after(now + datetime.timedelta(days=_VALIDITY_DAYS))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.private_key.public_key()),
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(signing_key.public_key()),
                 critical=False,
             )
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False)
+            .sign(signing_key, hashes.SHA256())
         )
-        if usages:
-            builder = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
-        sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dns_names]
-        sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ip_addresses]
-        if sans:
-            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        cert = builder.sign(self.private_key, hashes.SHA256())
-        pair = CertPair(cert=directory / f"{basename}.crt", key=directory / f"{basename}.key")
-        pair.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        _write_key(pair.key, key)
-        return pair
+        pair = KeyPair(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key))
+        return _write_pair(directory, basename, pair)
 
 
 def write_service_account_keys(directory: Path) -> CertPair:
@@ -127,20 +109,22 @@ def write_service_account_keys(directory: Path) -> CertPair:
         )
     )
     private = directory / "sa.key"
-    _write_key(private, key)
+    private.write_bytes(_key_pem(key))
+    private.chmod(0o600)
     return CertPair(cert=public, key=private)
 
 
-def _write_key(path: Path, key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> None:
-    path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
+def _write_pair(directory: Path, basename: str, pair: KeyPair) -> CertPair:
+    written = CertPair(cert=directory / f"{basename}.crt", key=directory / f"{basename}.key")
+    written.key.write_bytes(pair.key_pem)
+    written.key.chmod(0o600)
+    written.cert.write_bytes(pair.cert_pem)
+    return written
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
     )
-    path.chmod(0o600)
-
-
-def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.UTC)

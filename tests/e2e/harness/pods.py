@@ -5,11 +5,13 @@ scheduler to bind it. Nothing runs them (no kubelet), so "scheduled" means
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from decimal import Decimal
+from typing import Any, cast
 
 # Never pulled: no kubelet runs these pods.
 PLACEHOLDER_IMAGE = "pause"
+GPUMEM_RESOURCE = "vramguard.io/gpumem"
 
 
 def gpu_pod(
@@ -23,15 +25,23 @@ def gpu_pod(
     limits: Mapping[str, str] | None = None,
     annotations: Mapping[str, str] | None = None,
     labels: Mapping[str, str] | None = None,
+    gpumem_mib: int | None = None,
+    priority_class_name: str | None = None,
+    termination_grace_period_seconds: int = 0,
 ) -> Any:
     """A one-container V1Pod with ``nvidia.com/gpu: gpus`` as its limit (plus extras).
 
     ``node_name_selector`` pins it (by the ``kubernetes.io/hostname`` label) to one node,
     for tests that must not depend on which fake node a scheduler prefers.
+    ``gpumem_mib`` declares a GPU-memory budget (``vramguard.io/gpumem`` limit, MiB).
+    ``termination_grace_period_seconds`` above 0 makes a deletion graceful: the pod then
+    stays, terminating, until ``kubelet.finish_terminating`` (no kubelet runs here).
     """
     from kubernetes import client  # noqa: PLC0415
 
     pod_limits = {"nvidia.com/gpu": str(gpus)} if gpus else {}
+    if gpumem_mib is not None:
+        pod_limits[GPUMEM_RESOURCE] = str(gpumem_mib)
     pod_limits.update(limits or {})
     return client.V1Pod(
         metadata=client.V1ObjectMeta(
@@ -42,11 +52,12 @@ def gpu_pod(
         ),
         spec=client.V1PodSpec(
             scheduler_name=scheduler_name,
+            priority_class_name=priority_class_name,
             node_selector=(
                 {"kubernetes.io/hostname": node_name_selector} if node_name_selector else None
             ),
             restart_policy="Never",
-            termination_grace_period_seconds=0,
+            termination_grace_period_seconds=termination_grace_period_seconds,
             containers=[
                 client.V1Container(
                     name="main",
@@ -100,6 +111,101 @@ def wait_for_unschedulable(
                 f"no scheduler reported pod {namespace}/{name} unschedulable after {timeout:.0f}s"
             )
         time.sleep(interval)
+
+
+def unschedulable_message(pod: Any) -> str | None:
+    """The message of a pod's PodScheduled=False condition, or None (bound, or not tried)."""
+    if pod.spec.node_name:
+        return None
+    for condition in pod.status.conditions or []:
+        if condition.type == "PodScheduled" and condition.status == "False":
+            return str(condition.message or condition.reason or "")
+    return None
+
+
+def wait_for_unschedulable_message(
+    core: Any,
+    namespace: str,
+    name: str,
+    contains: str,
+    *,
+    timeout: float = 30.0,
+    interval: float = 0.2,
+) -> str:
+    """Wait until the pod's PodScheduled=False message contains ``contains`` (the scheduler
+    rewrites it on every attempt); return it. Fails if the pod gets bound."""
+    deadline = time.monotonic() + timeout
+    message = None
+    while True:
+        pod = core.read_namespaced_pod(name, namespace)
+        if pod.spec.node_name:
+            raise AssertionError(f"pod {namespace}/{name} was scheduled onto {pod.spec.node_name}")
+        message = unschedulable_message(pod)
+        if message is not None and contains in message:
+            return message
+        if time.monotonic() >= deadline:
+            raise TimeoutError(
+                f"pod {namespace}/{name}: no unschedulable message containing {contains!r} "
+                f"after {timeout:.0f}s; last: {message!r}"
+            )
+        time.sleep(interval)
+
+
+def pod_events(core: Any, namespace: str, name: str, reason: str) -> list[str]:
+    """The messages of the pod's events with ``reason``, oldest first."""
+    events = core.list_namespaced_event(
+        namespace, field_selector=f"involvedObject.name={name},reason={reason}"
+    ).items
+    return [str(e.message or "") for e in events]
+
+
+def failed_scheduling_events(core: Any, namespace: str, name: str) -> list[str]:
+    """The messages of the pod's FailedScheduling events (kube-scheduler's), oldest first."""
+    return pod_events(core, namespace, name, "FailedScheduling")
+
+
+def wait_for_pod_event(
+    core: Any,
+    namespace: str,
+    name: str,
+    reason: str,
+    *,
+    timeout: float = 30.0,
+    interval: float = 0.25,
+) -> str:
+    """Wait for an event with ``reason`` about the pod; return the latest one's message."""
+    deadline = time.monotonic() + timeout
+    while True:
+        messages = pod_events(core, namespace, name, reason)
+        if messages:
+            return messages[-1]
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"no {reason} event for pod {namespace}/{name} in {timeout:.0f}s")
+        time.sleep(interval)
+
+
+def declared_gpumem(pod: Any) -> int:
+    """A V1Pod's GPU-memory budget as kube-scheduler counts it: the sum of its containers'
+    ``vramguard.io/gpumem`` requests (the API server stores "2000" as "2k")."""
+    from kubernetes.utils import parse_quantity  # noqa: PLC0415
+
+    parse = cast(Callable[[str], Decimal], parse_quantity)
+    total = 0
+    for container in pod.spec.containers:
+        resources = container.resources
+        requests = (resources.requests if resources else None) or {}
+        if GPUMEM_RESOURCE in requests:
+            total += int(parse(requests[GPUMEM_RESOURCE]))
+    return total
+
+
+def declared_on_node(core: Any, node: str) -> int:
+    """Sum of the GPU-memory budgets of the pods bound to ``node`` (not terminated), from
+    the API."""
+    pods = core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={node}").items
+    return sum(
+        declared_gpumem(pod) for pod in pods if pod.status.phase not in ("Succeeded", "Failed")
+    )
 
 
 def pod_stays_unscheduled(

@@ -71,8 +71,9 @@ class ManagedProcess:
         self._popen: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        if self._popen is not None:
-            raise ProcessError(f"{self.name} already started")
+        """Start the process; again after it has exited (the log file is appended to)."""
+        if self._popen is not None and self._popen.poll() is None:
+            raise ProcessError(f"{self.name} already running")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             log.write(f"+ {' '.join(self.args)}\n".encode())

@@ -1,0 +1,132 @@
+"""Scenario 3, live VRAM: the budgets fit, but one tenant's arena has grown to 10.7 GB, so
+the card is nearly full. A new pod stays Pending with vramguard's live reason, and is
+scheduled on the scheduler's next try once the usage drops."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from .harness import (
+    LocalVramguard,
+    gpu_pod,
+    label_node,
+    wait_for_pod_node,
+    wait_for_unschedulable_message,
+)
+from .harness.tenants import Tenant, TenantCard, deploy, namespaces_for, policy_entries
+
+pytestmark = pytest.mark.e2e
+
+TENANTS = (
+    Tenant("immich", "immich-ml", None, 2600),  # 3000 declared
+    Tenant("llama-swap", "llama-swap", None, 4700),  # 5000 declared
+    Tenant("frigate", "frigate", None, 1700),  # 2000 declared
+)
+NEWCOMER = Tenant("portal-stt", "portal-stt", None, 1300)  # 1500 declared
+CARD_MIB = 15360
+DRIVER_MIB = 300
+# llama.cpp's arena after loading a big model: 10.7 GB, far above its 5000 MiB budget.
+ARENA_MIB = round(10.7e9 / (1 << 20))  # 10204 MiB
+
+
+def test_pod_waits_for_live_vram_then_schedules(
+    core_v1: Any,
+    local_vramguard: LocalVramguard,
+    make_namespace: Callable[..., str],
+    make_vram_node: Callable[..., str],
+) -> None:
+    vramguard = local_vramguard
+    node = make_vram_node(gpumem_mib=14000, total_mib=CARD_MIB, used_mib=DRIVER_MIB)
+    card = TenantCard(core_v1, vramguard, node, total_mib=CARD_MIB, driver_mib=DRIVER_MIB)
+    namespaces = namespaces_for([t.role for t in (*TENANTS, NEWCOMER)], make_namespace)
+    vramguard.add_namespaces(policy_entries(namespaces))
+    floor = int(vramguard.policy["extender"]["floorMiB"])
+    for tenant in TENANTS:
+        card.run(tenant, namespaces[tenant.role])
+
+    # The arena grows: the card reports 10.7 GB in use by llama-swap alone.
+    llama = TENANTS[1]
+    card.set_usage(llama.pod, ARENA_MIB)
+    live_free = card.free_mib
+    need = 1500
+    assert 10000 + need <= 14000, "the budgets fit"
+    assert live_free < need + floor, "live VRAM does not"
+
+    namespace = namespaces[NEWCOMER.role]
+    core_v1.create_namespaced_pod(
+        namespace, gpu_pod(NEWCOMER.pod, namespace=namespace, node_name_selector=node)
+    )
+    message = wait_for_unschedulable_message(core_v1, namespace, NEWCOMER.pod, "vramguard:")
+    # e.g. "0/1 nodes are available: 1 vramguard: live free 956 MiB < need 1500 + floor
+    # 512 MiB (dcgm, 1s old)."
+    expected = (
+        rf"vramguard: live free {live_free} MiB < need {need} \+ floor {floor} MiB "
+        rf"\(dcgm, \d+s old\)"
+    )
+    assert re.search(expected, message), message
+
+    # The model is unloaded: usage is back to normal.
+    card.set_usage(llama.pod, llama.uses_mib)
+    # The scheduler keeps an unschedulable pod until a cluster event might help it, or until
+    # podMaxInUnschedulablePodsDuration (5 min; only a deprecated command-line flag sets it) has
+    # passed. More free VRAM is not a cluster event, so a Node update stands in for one: a
+    # pod that an extender refused is requeued on any event (kube-scheduler cannot know
+    # what the extender waits for) and retried after its backoff (1 s doubling up to 10 s).
+    # In a live cluster other events (pods coming and going, node status updates) do this
+    # sooner or later; nothing in vramguard triggers the retry itself.
+    label_node(core_v1, node, {"e2e.vramguard.io/retry": "1"})
+    assert wait_for_pod_node(core_v1, namespace, NEWCOMER.pod, timeout=60) == node
+
+
+def test_per_pod_usage_from_a_pod_exporter(
+    core_v1: Any,
+    local_vramguard: LocalVramguard,
+    make_namespace: Callable[..., str],
+    make_vram_node: Callable[..., str],
+) -> None:
+    """The same story with per-pod usage (preset pod-exporter: bytes per process, labelled
+    namespace and pod) instead of dcgm's per-card figures: the card's use is the sum of
+    the pods on it, out of the GPU Feature Discovery card size."""
+    vramguard = local_vramguard
+    exporter = vramguard.exporter
+    node = make_vram_node(gpumem_mib=14000, total_mib=CARD_MIB, used_mib=0)
+    namespaces = namespaces_for([t.role for t in (*TENANTS, NEWCOMER)], make_namespace)
+    vramguard.add_namespaces(policy_entries(namespaces))
+    floor = int(vramguard.policy["extender"]["floorMiB"])
+    usage: dict[str, int] = {}
+
+    def report(tenant: Tenant, mib: int) -> None:
+        usage[tenant.pod] = mib
+        exporter.set_pod_usage(namespaces[tenant.role], tenant.pod, mib)
+        used = sum(usage.values())
+        vramguard.wait_for_node(
+            node,
+            check=lambda s: s["liveUsedMiB"] == used and s["liveFreeMiB"] == CARD_MIB - used,
+            what=f"with {used} MiB used by its pods",
+        )
+
+    with vramguard.extender_settings(telemetry={"preset": "pod-exporter"}):
+        for tenant in TENANTS:
+            deploy(core_v1, tenant, namespaces[tenant.role], node)
+            report(tenant, tenant.uses_mib)
+        llama = TENANTS[1]
+        report(llama, ARENA_MIB)
+        live_free = CARD_MIB - sum(usage.values())
+        assert live_free < 1500 + floor
+
+        namespace = namespaces[NEWCOMER.role]
+        core_v1.create_namespaced_pod(
+            namespace, gpu_pod(NEWCOMER.pod, namespace=namespace, node_name_selector=node)
+        )
+        message = wait_for_unschedulable_message(core_v1, namespace, NEWCOMER.pod, "vramguard:")
+        assert f"live free {live_free} MiB < need 1500 + floor {floor} MiB (pod-exporter" in (
+            message
+        ), message
+
+        report(llama, llama.uses_mib)
+        label_node(core_v1, node, {"e2e.vramguard.io/retry": "1"})  # see the test above
+        assert wait_for_pod_node(core_v1, namespace, NEWCOMER.pod, timeout=60) == node
