@@ -184,7 +184,11 @@ async def serve_extender(
     settings: Settings, app: ASGIApp, tls: ReloadingTLS | None, metrics_app: ASGIApp | None
 ) -> None:
     """Serve the extender until SIGTERM/SIGINT, and the metrics app beside it when given."""
-    server = build_server(app, settings.host, settings.port, tls, log_level=settings.log_level)
+    # No access log: kube-scheduler calls filter/prioritize for every GPU pod, and the app
+    # already counts and times each request in /metrics.
+    server = build_server(
+        app, settings.host, settings.port, tls, log_level=settings.log_level, access_log=False
+    )
     log.info("serving on %s:%d (%s)", settings.host, settings.port, "https" if tls else "http")
     metrics_server = None
     if metrics_app is not None and settings.metrics_port is not None:
