@@ -58,12 +58,12 @@ e2e: tools ## the end-to-end suite alone
 
 .PHONY: demo
 demo: $(STAMP) ## the whole story on a local control plane: budgets, live VRAM, reasons
-	$(PY) tests/demo/demo.py
+	$(PY) -m tests.demo.demo
 
 .PHONY: bench
 bench: $(STAMP) ## benchmarks (print numbers; never pass/fail)
-	$(PY) tests/bench/webhook_bench.py
-	$(PY) tests/bench/extender_bench.py
+	$(PY) -m tests.bench.webhook_bench
+	$(PY) -m tests.bench.extender_bench
 
 .PHONY: certs
 certs: $(STAMP) ## issue a CA and the webhook's serving cert into certs/out
@@ -79,4 +79,4 @@ clean: ## remove the virtualenv and caches (built Kubernetes binaries live in ~/
 
 .PHONY: demo-webhook
 demo-webhook: $(STAMP) ## the webhook alone: sample pods and what it does to each
-	$(PY) tests/demo/webhook_demo.py
+	$(PY) -m tests.demo.webhook_demo

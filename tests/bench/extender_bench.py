@@ -6,8 +6,8 @@ the scheduler sidecar does), and sends nodeCacheCapable requests naming every no
 keep-alive connection, one at a time, as kube-scheduler does for one pod. Prints p50/p99 and
 requests per second per size. Target: filter p99 < 5 ms at 1,000 nodes.
 
-    .venv/bin/python tests/bench/extender_bench.py [--sizes 100,1000,5000] [--requests 1000]
-    .venv/bin/python tests/bench/extender_bench.py --profile 1000   # cProfile the filter path
+    .venv/bin/python -m tests.bench.extender_bench [--sizes 100,1000,5000] [--requests 1000]
+    .venv/bin/python -m tests.bench.extender_bench --profile 1000   # cProfile the filter path
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Latency of the webhook under a fixed request rate, over HTTPS, from another process.
 
-    .venv/bin/python tests/bench/webhook_bench.py [--rates 100 500 1000] [--seconds 5]
+    .venv/bin/python -m tests.bench.webhook_bench [--rates 100 500 1000] [--seconds 5]
 
 Starts `python -m webhook` on 127.0.0.1 with a certificate issued by `python -m certs` into a
 temporary directory, then drives it open-loop: a dispatcher thread releases one request every
@@ -19,8 +19,6 @@ import json
 import math
 import os
 import queue
-import signal
-import socket
 import ssl
 import statistics
 import subprocess
@@ -29,199 +27,21 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-POLICY = REPO / "manifests" / "base" / "policy.yaml"
-UID_MARK = "00000000-0000-0000-0000-000000000000"
+from tests.http.webhook.process import free_port, issue_certificate, wait_ready, webhook_process
+from tests.http.webhook.reviews import gpu_pod, review, web_pod
 
-POD = {
-    "apiVersion": "v1",
-    "kind": "Pod",
-    "metadata": {
-        "generateName": "immich-ml-7d9c8b-",
-        "namespace": "immich",
-        "labels": {"app.kubernetes.io/name": "immich-ml", "pod-template-hash": "7d9c8b"},
-        "ownerReferences": [
-            {
-                "apiVersion": "apps/v1",
-                "kind": "ReplicaSet",
-                "name": "immich-ml-7d9c8b",
-                "uid": "6a1b2c3d-0000-4000-8000-000000000001",
-                "controller": True,
-                "blockOwnerDeletion": True,
-            }
-        ],
-    },
-    "spec": {
-        "volumes": [
-            {"name": "cache", "emptyDir": {}},
-            {
-                "name": "kube-api-access-x7k2p",
-                "projected": {
-                    "sources": [
-                        {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
-                        {
-                            "configMap": {
-                                "name": "kube-root-ca.crt",
-                                "items": [{"key": "ca.crt", "path": "ca.crt"}],
-                            }
-                        },
-                    ],
-                    "defaultMode": 420,
-                },
-            },
-        ],
-        "containers": [
-            {
-                "name": "ml",
-                "image": "ghcr.io/immich-app/immich-machine-learning:v1.106.4-cuda",
-                "ports": [{"name": "http", "containerPort": 3003, "protocol": "TCP"}],
-                "env": [{"name": "MACHINE_LEARNING_WORKERS", "value": "1"}],
-                "resources": {
-                    "limits": {"nvidia.com/gpu": "1", "memory": "4Gi"},
-                    "requests": {"nvidia.com/gpu": "1", "cpu": "100m", "memory": "2Gi"},
-                },
-                "volumeMounts": [
-                    {"name": "cache", "mountPath": "/cache"},
-                    {
-                        "name": "kube-api-access-x7k2p",
-                        "readOnly": True,
-                        "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount",
-                    },
-                ],
-                "terminationMessagePath": "/dev/termination-log",
-                "terminationMessagePolicy": "File",
-                "imagePullPolicy": "IfNotPresent",
-            }
-        ],
-        "restartPolicy": "Always",
-        "terminationGracePeriodSeconds": 30,
-        "dnsPolicy": "ClusterFirst",
-        "serviceAccountName": "default",
-        "schedulerName": "default-scheduler",
-        "tolerations": [
-            {
-                "key": "node.kubernetes.io/not-ready",
-                "operator": "Exists",
-                "effect": "NoExecute",
-                "tolerationSeconds": 300,
-            }
-        ],
-        "priority": 0,
-        "enableServiceLinks": True,
-        "preemptionPolicy": "PreemptLowerPriority",
-    },
-    "status": {},
-}
+UID_MARK = "00000000-0000-0000-0000-000000000000"
 
 
 def review_body(gpu: bool) -> bytes:
-    pod = json.loads(json.dumps(POD))
-    if not gpu:
-        for section in pod["spec"]["containers"][0]["resources"].values():
-            del section["nvidia.com/gpu"]
-    document = {
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": UID_MARK,
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
-            "requestResource": {"group": "", "version": "v1", "resource": "pods"},
-            "name": "",
-            "namespace": "immich",
-            "operation": "CREATE",
-            "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
-            "object": pod,
-            "oldObject": None,
-            "dryRun": False,
-            "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"},
-        },
-    }
-    return json.dumps(document).encode()
+    """The API server's AdmissionReview for a Deployment's pod, with or without a GPU."""
+    return json.dumps(review(gpu_pod() if gpu else web_pod(), uid=UID_MARK)).encode()
 
 
 # --- the server under test -----------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def issue_certificate(directory: Path) -> None:
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "certs",
-            "--out",
-            str(directory),
-            "--dns",
-            "localhost",
-            "--ip",
-            "127.0.0.1",
-        ],
-        cwd=REPO,
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
-
-
-@contextmanager
-def webhook_server(
-    directory: Path, port: int, profile: Path | None
-) -> Iterator[subprocess.Popen[bytes]]:
-    command = [sys.executable]
-    if profile is not None:
-        command += ["-m", "cProfile", "-o", str(profile)]
-    command += [
-        "-m", "webhook",
-        "--policy", str(POLICY),
-        "--tls-cert", str(directory / "tls.crt"),
-        "--tls-key", str(directory / "tls.key"),
-        "--host", "127.0.0.1",
-        "--port", str(port),
-    ]  # fmt: skip
-    log = (directory / "webhook.log").open("wb")
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    server = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=log, env=env)
-    try:
-        yield server
-    finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-        log.close()
-
-
-def tls_context(directory: Path) -> ssl.SSLContext:
-    return ssl.create_default_context(cafile=str(directory / "ca.crt"))
-
-
-def wait_ready(port: int, context: ssl.SSLContext, server: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise SystemExit(f"webhook exited with {server.returncode}; see its log")
-        try:
-            connection = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=2)
-            connection.request("GET", "/readyz")
-            if connection.getresponse().status == 200:
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit("webhook did not become ready in 30 s")
 
 
 def cpu_seconds(server: subprocess.Popen[bytes]) -> float:
@@ -351,9 +171,8 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="vramguard-bench-") as tmp:
         directory = Path(tmp)
-        issue_certificate(directory)
+        context = issue_certificate(directory)
         port = free_port()
-        context = tls_context(directory)
         bodies: dict[str, bytes | None] = {
             "GPU pod": review_body(gpu=True),
             "non-GPU pod": review_body(gpu=False),
@@ -361,7 +180,8 @@ def main() -> int:
         if args.baseline:
             bodies["GET /healthz"] = None
         rows = []
-        with webhook_server(directory, port, args.profile) as server:
+        profile = [] if args.profile is None else ["-m", "cProfile", "-o", str(args.profile)]
+        with webhook_process(directory, port, python_args=profile) as server:
             wait_ready(port, context, server)
             drive(port, context, bodies["GPU pod"], rate=200, seconds=1, connections=8)  # warm-up
             for name, body in bodies.items():

@@ -7,7 +7,7 @@ etcd, kube-apiserver, kube-scheduler, Prometheus with a fake GPU exporter, the v
 webhook and extender and the vramguard-scheduler, all on 127.0.0.1, plays two scenes, and
 stops everything again, on Ctrl-C too.
 
-    .venv/bin/python tests/demo/demo.py [--hold]
+    .venv/bin/python -m tests.demo.demo [--hold]
 
 Everything comes from the e2e harness (tests/e2e/harness); this file only tells the story.
 """

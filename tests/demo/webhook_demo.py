@@ -1,6 +1,6 @@
 """See the webhook decide: six sample pods against the sample policy, over real HTTPS.
 
-    .venv/bin/python tests/demo/webhook_demo.py
+    .venv/bin/python -m tests.demo.webhook_demo
 
 Issues a certificate with `python -m certs` into a temporary directory, starts
 `python -m webhook` with manifests/base/policy.yaml on 127.0.0.1, sends one AdmissionReview
@@ -9,25 +9,24 @@ per sample pod, prints what came back as a table, and stops the webhook (also on
 
 from __future__ import annotations
 
-import base64
 import http.client
 import json
-import os
-import signal
-import socket
-import ssl
-import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
 from typing import Any
 
-import jsonpatch
+from tests.http.webhook.process import (
+    REPO,
+    SAMPLE_POLICY,
+    free_port,
+    issue_certificate,
+    wait_ready,
+    webhook_process,
+)
+from tests.http.webhook.reviews import gpu_pod, patched, review, web_pod
 
-REPO = Path(__file__).resolve().parents[2]
-POLICY = REPO / "manifests" / "base" / "policy.yaml"
 GPUMEM = "vramguard.io/gpumem"
 
 
@@ -38,33 +37,19 @@ def pod(
     gpumem: str | None = None,
     priority_class: str | None = None,
 ) -> dict[str, Any]:
-    """A pod as the API server hands it to webhooks (defaulted: scheduler, priority)."""
-    limits: dict[str, str] = {"memory": "4Gi"}
+    """The API server's pod from tests/http/webhook/reviews.py, named `name` in `namespace`."""
     if gpu:
-        limits["nvidia.com/gpu"] = "1"
-    if gpumem is not None:
-        limits[GPUMEM] = gpumem
-    spec: dict[str, Any] = {
-        "containers": [
-            {
-                "name": "main",
-                "image": f"registry.example/{name}:1",
-                # API defaulting copies limits to requests.
-                "resources": {"limits": limits, "requests": dict(limits)},
-            }
-        ],
-        "schedulerName": "default-scheduler",
-        "priority": 0,
-        "preemptionPolicy": "PreemptLowerPriority",
-    }
+        obj = gpu_pod(
+            namespace, **({} if gpumem is None else {"limits": gpumem, "requests": gpumem})
+        )
+    else:
+        obj = web_pod()
+        obj["metadata"]["namespace"] = namespace
+    del obj["metadata"]["generateName"]
+    obj["metadata"]["name"] = name
     if priority_class is not None:
-        spec["priorityClassName"] = priority_class
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": spec,
-    }
+        obj["spec"]["priorityClassName"] = priority_class
+    return obj
 
 
 SAMPLES = [
@@ -77,36 +62,13 @@ SAMPLES = [
 ]
 
 
-def review(obj: dict[str, Any]) -> bytes:
-    return json.dumps(
-        {
-            "apiVersion": "admission.k8s.io/v1",
-            "kind": "AdmissionReview",
-            "request": {
-                "uid": str(uuid.uuid4()),
-                "kind": {"group": "", "version": "v1", "kind": "Pod"},
-                "resource": {"group": "", "version": "v1", "resource": "pods"},
-                "name": obj["metadata"]["name"],
-                "namespace": obj["metadata"]["namespace"],
-                "operation": "CREATE",
-                "userInfo": {"username": "demo"},
-                "object": obj,
-                "dryRun": False,
-            },
-        }
-    ).encode()
-
-
 def outcome(obj: dict[str, Any], response: dict[str, Any]) -> list[str]:
     """One table row: what the pod looks like after the webhook's answer."""
     namespace, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
     if not response["allowed"]:
         message = response["status"]["message"].removeprefix("vramguard: ")
         return [namespace, name, "DENIED", "", "", "", message]
-    result = obj
-    if "patch" in response:
-        result = jsonpatch.apply_patch(obj, json.loads(base64.b64decode(response["patch"])))
-    spec = result["spec"]
+    spec = patched(obj, response)["spec"]
     limits = spec["containers"][0]["resources"]["limits"]
     warnings = [w.removeprefix("vramguard: ") for w in response.get("warnings", [])]
     return [
@@ -128,85 +90,33 @@ def print_table(rows: list[list[str]]) -> None:
         print("  ".join([*cells, row[-1]]))
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def start_webhook(directory: Path, port: int) -> subprocess.Popen[bytes]:
-    subprocess.run(
-        [sys.executable, "-m", "certs", "--out", str(directory), "--dns", "localhost",
-         "--ip", "127.0.0.1"],
-        cwd=REPO,
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )  # fmt: skip
-    command = [
-        sys.executable, "-m", "webhook",
-        "--policy", str(POLICY),
-        "--tls-cert", str(directory / "tls.crt"),
-        "--tls-key", str(directory / "tls.key"),
-        "--host", "127.0.0.1",
-        "--port", str(port),
-        "--log-format", "text",
-    ]  # fmt: skip
-    log = (directory / "webhook.log").open("wb")
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.Popen(command, cwd=REPO, stdout=log, stderr=log, env=env)
-
-
-def wait_ready(port: int, context: ssl.SSLContext, server: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise SystemExit(f"the webhook exited with {server.returncode}")
-        try:
-            connection = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=2)
-            connection.request("GET", "/readyz")
-            if connection.getresponse().status == 200:
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit("the webhook did not become ready within 30 s")
-
-
-def stop(server: subprocess.Popen[bytes]) -> None:
-    if server.poll() is None:
-        server.send_signal(signal.SIGINT)  # uvicorn shuts down gracefully on SIGINT
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-
-
 def main() -> int:
     with tempfile.TemporaryDirectory(prefix="vramguard-demo-") as tmp:
         directory = Path(tmp)
+        context = issue_certificate(directory)
         port = free_port()
-        server = start_webhook(directory, port)
         try:
-            context = ssl.create_default_context(cafile=str(directory / "ca.crt"))
-            wait_ready(port, context, server)
-            print(f"webhook on https://127.0.0.1:{port}, policy {POLICY.relative_to(REPO)}\n")
-            connection = http.client.HTTPSConnection("127.0.0.1", port, context=context)
-            rows = []
-            for sample in SAMPLES:
-                connection.request(
-                    "POST", "/mutate", body=review(sample),
-                    headers={"Content-Type": "application/json"},
-                )  # fmt: skip
-                reply = connection.getresponse()
-                rows.append(outcome(sample, json.loads(reply.read())["response"]))
-            connection.close()  # an open keep-alive connection would hold the shutdown
-            print_table(rows)
+            with webhook_process(
+                directory, port, args=["--log-format", "text"], stop_timeout=10
+            ) as server:
+                wait_ready(port, context, server)
+                policy = SAMPLE_POLICY.relative_to(REPO)
+                print(f"webhook on https://127.0.0.1:{port}, policy {policy}\n")
+                connection = http.client.HTTPSConnection("127.0.0.1", port, context=context)
+                rows = []
+                for sample in SAMPLES:
+                    body = json.dumps(review(sample, uid=str(uuid.uuid4())))
+                    connection.request(
+                        "POST", "/mutate", body=body, headers={"Content-Type": "application/json"}
+                    )
+                    reply = connection.getresponse()
+                    rows.append(outcome(sample, json.loads(reply.read())["response"]))
+                connection.close()  # an open keep-alive connection would hold the shutdown
+                print_table(rows)
         except KeyboardInterrupt:
             print("\ninterrupted", file=sys.stderr)
             return 130
         finally:
-            stop(server)
             print("\nwebhook stopped", file=sys.stderr)
     return 0
 

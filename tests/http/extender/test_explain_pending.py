@@ -16,20 +16,14 @@ from extender.pending import PendingExplainer
 from extender.snapshot import ClusterStore
 from tests.http.extender.conftest import make_settings
 from tests.http.extender.test_request_path import BindingResponse, Tripwire
-from tests.unit.extender.factories import NOW, dcgm_reading, make_node, make_pod, make_policy
-
-
-def unschedulable(name: str, mib: int) -> dict[str, Any]:
-    pod = make_pod(name, mib)
-    pod["status"]["conditions"] = [
-        {
-            "type": "PodScheduled",
-            "status": "False",
-            "reason": "Unschedulable",
-            "message": "0/1 nodes are available: 1 Insufficient vramguard.io/gpumem.",
-        }
-    ]
-    return pod
+from tests.unit.extender.factories import (
+    NOW,
+    dcgm_reading,
+    make_node,
+    make_pod,
+    make_policy,
+    unschedulable,
+)
 
 
 def seeds_store() -> ClusterStore:
@@ -53,9 +47,8 @@ class RecordingCore:
         return BindingResponse()
 
 
-def test_no_request_writes_an_event(tmp_path: Path) -> None:
-    store = seeds_store()
-    core = Tripwire(allowed={"create_namespaced_pod_binding": BindingResponse()})
+def explaining_deps(store: ClusterStore, core: Any) -> tuple[PendingExplainer, ExtenderDeps]:
+    """The explainer as main() wires it, writing Events through `core`, and the app's deps."""
     metrics = ExtenderMetrics()
     explainer = PendingExplainer(
         store,
@@ -64,8 +57,6 @@ def test_no_request_writes_an_event(tmp_path: Path) -> None:
         scheduler_name="vramguard-scheduler",
         clock=lambda: NOW,
     )
-    pending = unschedulable("incoming", 1500)
-    explainer.apply_pod_event("ADDED", pending)
     deps = ExtenderDeps(
         store=store,
         binder=KubernetesBinder(core),
@@ -74,6 +65,15 @@ def test_no_request_writes_an_event(tmp_path: Path) -> None:
         services=[explainer],
         clock=lambda: NOW,
     )
+    return explainer, deps
+
+
+def test_no_request_writes_an_event(tmp_path: Path) -> None:
+    store = seeds_store()
+    core = Tripwire(allowed={"create_namespaced_pod_binding": BindingResponse()})
+    explainer, deps = explaining_deps(store, core)
+    pending = unschedulable("incoming", 1500)
+    explainer.apply_pod_event("ADDED", pending)
     # No `with`: the lifespan, and so the explainer's threads, do not run.
     client = TestClient(create_app(make_settings(tmp_path), deps))
     args = {"Pod": pending, "NodeNames": ["gpu-1"]}
@@ -91,22 +91,7 @@ def test_no_request_writes_an_event(tmp_path: Path) -> None:
 def test_the_lifespan_runs_the_explainer(tmp_path: Path) -> None:
     store = seeds_store()
     core = RecordingCore()
-    metrics = ExtenderMetrics()
-    explainer = PendingExplainer(
-        store,
-        KubernetesEvents(core, instance="test"),
-        metrics,
-        scheduler_name="vramguard-scheduler",
-        clock=lambda: NOW,
-    )
-    deps = ExtenderDeps(
-        store=store,
-        binder=KubernetesBinder(core),
-        policy=FixedPolicy(store.policy),
-        metrics=metrics,
-        services=[explainer],
-        clock=lambda: NOW,
-    )
+    explainer, deps = explaining_deps(store, core)
     with TestClient(create_app(make_settings(tmp_path), deps)) as client:
         explainer.apply_pod_event("ADDED", unschedulable("incoming", 1500))
         assert core.created.wait(5)

@@ -9,7 +9,6 @@ import signal
 import socket
 import ssl
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,16 +18,8 @@ from cryptography import x509
 
 from certs.authority import KeyPair, issue_server_cert, new_ca, subject_names
 from certs.files import write_pair
+from tests.http.webhook.process import free_port, wait_ready, webhook_process
 from tests.http.webhook.reviews import POLICY_YAML, decoded_patch, gpu_pod, review
-
-REPO = Path(__file__).resolve().parents[3]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture
@@ -48,57 +39,19 @@ def server(tmp_path: Path, ca: KeyPair) -> Iterator[tuple[subprocess.Popen[bytes
         for key, value in os.environ.items()
         if not key.startswith(("VRAMGUARD_WEBHOOK_", "KUBERNETES_SERVICE"))
     }
-    env["PYTHONPATH"] = str(REPO)
     env["VRAMGUARD_WEBHOOK_TLS_RELOAD_SECONDS"] = "0.1"  # from the environment, beside flags
-    log = (tmp_path / "webhook.log").open("wb")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "webhook",
-            "--policy",
-            str(tmp_path / "policy.yaml"),
-            "--tls-cert",
-            str(tmp_path / "tls.crt"),
-            "--tls-key",
-            str(tmp_path / "tls.key"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--graceful-shutdown-seconds",
-            "2",
-        ],
-        cwd=REPO,
+    with webhook_process(
+        tmp_path,
+        port,
+        policy=tmp_path / "policy.yaml",
+        args=["--graceful-shutdown-seconds", "2"],
         env=env,
-        stdout=log,
-        stderr=log,
-    )
-    try:
+    ) as process:
         yield process, port, tmp_path
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        log.close()
 
 
 def client_context(ca: KeyPair) -> ssl.SSLContext:
     return ssl.create_default_context(cadata=ca.cert_pem.decode())
-
-
-def wait_ready(port: int, context: ssl.SSLContext, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        assert process.poll() is None, "the webhook exited"
-        try:
-            connection = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=2)
-            connection.request("GET", "/readyz")
-            if connection.getresponse().status == 200:
-                return
-        except OSError:
-            time.sleep(0.05)
-    pytest.fail("the webhook did not become ready")
 
 
 def served_serial(port: int, context: ssl.SSLContext) -> int:

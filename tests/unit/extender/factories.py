@@ -7,10 +7,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from extender.snapshot import ClusterStore, Sample, TelemetryReading
+from gpumem.demand import ResourceNames
 from gpumem.policy import Policy
 
 NOW = 1_700_000_000.0
 GPUMEM = "vramguard.io/gpumem"
+NAMES = ResourceNames(frozenset({"nvidia.com/gpu"}), GPUMEM)
 
 
 def rfc3339(timestamp: float) -> str:
@@ -130,6 +132,20 @@ def make_pod(
         }
     if phase is not None:
         pod["status"]["phase"] = phase
+    return pod
+
+
+def unschedulable(name: str, mib: int, **kwargs: Any) -> dict[str, Any]:
+    """An unbound `make_pod` that kube-scheduler has marked Unschedulable."""
+    pod = make_pod(name, mib, **kwargs)
+    pod["status"]["conditions"] = [
+        {
+            "type": "PodScheduled",
+            "status": "False",
+            "reason": "Unschedulable",
+            "message": "0/1 nodes are available: 1 Insufficient vramguard.io/gpumem.",
+        }
+    ]
     return pod
 
 

@@ -16,8 +16,8 @@ from extender.explain import (
     pending_pod,
 )
 from extender.snapshot import Sample, TelemetryReading
-from gpumem.demand import ResourceNames
 from tests.unit.extender.factories import (
+    NAMES,
     NOW,
     dcgm_reading,
     make_node,
@@ -26,7 +26,6 @@ from tests.unit.extender.factories import (
     make_store,
 )
 
-NAMES = ResourceNames(frozenset({"nvidia.com/gpu"}), "vramguard.io/gpumem")
 GPUMEM = "vramguard.io/gpumem"
 HEAD = f"vramguard: no node fits 1500 MiB of {GPUMEM}: "
 

@@ -11,8 +11,9 @@ from hypothesis import strategies as st
 
 from extender.fit import check_node, filter_nodes, score_nodes, vet_preemption
 from extender.snapshot import Reservation, Snapshot, TelemetryReading
-from gpumem.demand import ResourceNames, read_demand
+from gpumem.demand import read_demand
 from tests.unit.extender.factories import (
+    NAMES,
     NOW,
     dcgm_reading,
     make_node,
@@ -22,7 +23,6 @@ from tests.unit.extender.factories import (
     pod_exporter_reading,
 )
 
-NAMES = ResourceNames(frozenset({"nvidia.com/gpu"}), "vramguard.io/gpumem")
 NODE = "gpu-1"
 
 

@@ -107,19 +107,22 @@ def test_broken_policy_is_refused_at_startup(
     assert "extender.floorMiB" in capsys.readouterr().err
 
 
-def test_production_wiring_from_a_kubeconfig(policy: Path, tmp_path: Path) -> None:
+def kubeconfig_args(policy: Path, tmp_path: Path) -> list[str]:
+    """The required flags, with a kubeconfig for a cluster that is never contacted."""
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(KUBECONFIG)
-    settings = load_settings(
-        [
-            "--policy",
-            str(policy),
-            "--prometheus-url",
-            "http://p:9090",
-            "--kubeconfig",
-            str(kubeconfig),
-        ]
-    )
+    return [
+        "--policy",
+        str(policy),
+        "--prometheus-url",
+        "http://p",
+        "--kubeconfig",
+        str(kubeconfig),
+    ]
+
+
+def test_production_wiring_from_a_kubeconfig(policy: Path, tmp_path: Path) -> None:
+    settings = load_settings(kubeconfig_args(policy, tmp_path))
     deps = build_deps(settings, PolicyFile(policy))
     assert isinstance(deps.binder, KubernetesBinder)
     assert [w.resource for w in deps.watches if isinstance(w, ResourceWatch)] == ["pods", "nodes"]
@@ -133,16 +136,7 @@ def test_production_wiring_from_a_kubeconfig(policy: Path, tmp_path: Path) -> No
 def test_explain_pending_can_be_turned_off(
     policy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(KUBECONFIG)
-    base = [
-        "--policy",
-        str(policy),
-        "--prometheus-url",
-        "http://p",
-        "--kubeconfig",
-        str(kubeconfig),
-    ]
+    base = kubeconfig_args(policy, tmp_path)
     settings = load_settings([*base, "--no-explain-pending"])
     assert not settings.explain_pending
     assert build_deps(settings, PolicyFile(policy)).services == []
@@ -157,16 +151,7 @@ def test_explain_pending_can_be_turned_off(
 
 
 def test_metrics_listener_and_advertiser_options(policy: Path, tmp_path: Path) -> None:
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(KUBECONFIG)
-    base = [
-        "--policy",
-        str(policy),
-        "--prometheus-url",
-        "http://p",
-        "--kubeconfig",
-        str(kubeconfig),
-    ]
+    base = kubeconfig_args(policy, tmp_path)
     defaults = load_settings(base)
     assert (defaults.metrics_port, defaults.metrics_host, defaults.advertise_interval) == (
         None,

@@ -20,7 +20,14 @@ from extender.pending import (
     PendingExplainer,
 )
 from extender.snapshot import ClusterStore
-from tests.unit.extender.factories import NOW, dcgm_reading, make_node, make_pod, make_policy
+from tests.unit.extender.factories import (
+    NOW,
+    dcgm_reading,
+    make_node,
+    make_pod,
+    make_policy,
+    unschedulable,
+)
 
 DECLARED = "node-a: declared 13300 + 1500 > capacity 14000 MiB"
 
@@ -44,19 +51,6 @@ class FakeSink:
         if self.fail_with:
             raise self.fail_with.pop(0)
         self.written.set()
-
-
-def unschedulable(name: str, mib: int, **kwargs: Any) -> dict[str, Any]:
-    pod = make_pod(name, mib, **kwargs)
-    pod["status"]["conditions"] = [
-        {
-            "type": "PodScheduled",
-            "status": "False",
-            "reason": "Unschedulable",
-            "message": "0/1 nodes are available: 1 Insufficient vramguard.io/gpumem.",
-        }
-    ]
-    return pod
 
 
 def bound(pod: dict[str, Any], node: str = "node-a") -> dict[str, Any]:
