@@ -80,3 +80,7 @@ clean: ## remove the virtualenv and caches (built Kubernetes binaries live in ~/
 .PHONY: demo-webhook
 demo-webhook: $(STAMP) ## the webhook alone: sample pods and what it does to each
 	$(PY) -m tests.demo.webhook_demo
+
+.PHONY: e2e-kind
+e2e-kind: $(STAMP) ## the e2e suite against kind with vramguard deployed (needs Docker, kind, kubectl)
+	tests/e2e/kind.sh
