@@ -12,9 +12,9 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from extender.cli import advertise
+from extender.cli import advertise, preflight, status
 
-COMMANDS = (advertise,)
+COMMANDS = (advertise, preflight, status)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,95 @@
+"""`vramguard preflight`: is there enough live free VRAM to start a batch job now?
+
+    vramguard preflight --need MIB [--node NAME] [--floor MIB] --prometheus-url URL
+                        [--policy FILE] [--kubeconfig FILE]
+
+One list of nodes and pods plus one telemetry read build the snapshot the extender would hold;
+the live part of its fit rule then says, per GPU node, with the numbers:
+
+    node-a: live free 2100 MiB - 0 not yet in use = 2100 MiB; need 3000 + floor 512: NO
+
+Exit status: 0 when some node (or --node) has need + floor MiB live free after the budgets
+not yet in use; 1 when none has; 2 when it cannot tell: telemetry unavailable or too old
+(Prometheus down, no fresh sample for a node that might fit), the cluster unreachable, or a
+usage error (bad arguments, unreadable policy). A gate treats 1 and 2 alike: do not start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from extender.cli import readings
+from extender.report import preflight, render_preflight
+from gpumem.policy_file import PolicyError
+
+# 0 yes, 1 no (Preflight.exit_status); 2 cannot tell: telemetry, cluster or usage error.
+UNKNOWN = 2
+
+
+def register(subcommands: Any) -> None:
+    parser: argparse.ArgumentParser = subcommands.add_parser(
+        "preflight",
+        help="exit 0 when a node has the given live free VRAM now (a gate for batch jobs)",
+        description="Exit 0 when some GPU node (or --node) has --need MiB of live free VRAM "
+        "above the floor, after subtracting the budgets of pods not using their VRAM yet, as "
+        "the extender's live check does; 1 when none has; 2 when telemetry is unavailable or "
+        "stale. Prints the arithmetic per node.",
+    )
+    add = parser.add_argument
+    add("--need", type=_mib, required=True, metavar="MIB", help="MiB the job needs")
+    add("--node", metavar="NAME", help="only this node (default: any GPU node)")
+    add(
+        "--floor",
+        type=_mib,
+        metavar="MIB",
+        help="MiB to keep free on top (default: the policy's extender.floorMiB)",
+    )
+    add("--prometheus-url", required=True, metavar="URL", help="Prometheus base URL")
+    add("--policy", type=Path, help="policy file (default: the built-in policy defaults)")
+    add("--kubeconfig", type=Path, help="kubeconfig (default: in-cluster, else ~/.kube/config)")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        policy = readings.load_policy(args.policy)
+    except PolicyError as err:
+        return _fail(str(err), UNKNOWN)
+    settings = policy.extender
+    floor = settings.floor_mib if args.floor is None else args.floor
+    try:
+        nodes, pods = readings.list_cluster(args.kubeconfig)
+        now = readings.now()
+        reading = readings.read_live(args.prometheus_url, policy, now)
+    except readings.ReadError as err:  # the cluster or Prometheus: no answer either way
+        return _fail(str(err), UNKNOWN)
+    snapshot = readings.build_snapshot(policy, nodes, pods, reading, now)
+    result = preflight(
+        snapshot,
+        args.need,
+        floor_mib=floor,
+        max_age_seconds=settings.max_age_seconds,
+        now=now,
+        node=args.node,
+    )
+    for line in render_preflight(result, colour=sys.stdout.isatty()):
+        print(line, flush=True)
+    return result.exit_status
+
+
+def _mib(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number of MiB: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
+    return value
+
+
+def _fail(message: str, status: int) -> int:
+    print(f"vramguard preflight: {message}", file=sys.stderr, flush=True)
+    return status

@@ -1,0 +1,192 @@
+"""The I/O of the read-only operator commands (`preflight`, `status`): one list of nodes and
+pods (the extender's own list code, extender.cluster.ResourceWatch.list_once), one telemetry
+read (extender.telemetry.read_telemetry), and the extender's /debug/snapshot. Every failure
+becomes a ReadError whose message a person can act on, so a command prints one line and no
+traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import re
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from kubernetes.client.exceptions import ApiException
+
+from extender.cluster import RawObject, Resource, ResourceWatch, core_api
+from extender.metrics import ExtenderMetrics
+from extender.snapshot import ClusterStore, PodKey, Snapshot, TelemetryReading
+from extender.telemetry import PrometheusQuery, TelemetryError, plan_queries, read_telemetry
+from gpumem.policy import Policy
+from gpumem.policy_file import PolicyError, PolicyFile
+
+API_TIMEOUT_SECONDS = 30
+PROMETHEUS_TIMEOUT_SECONDS = 10.0
+EXTENDER_TIMEOUT_SECONDS = 10.0
+
+
+class ReadError(Exception):
+    """The cluster, Prometheus or the extender could not be read; the message says why."""
+
+
+class TelemetryUnavailable(ReadError):
+    """Prometheus could not be queried or answered nonsense."""
+
+
+def load_policy(path: Path | None) -> Policy:
+    """The policy file's policy, else the built-in defaults. Raises PolicyError."""
+    if path is None:
+        return Policy()
+    return PolicyFile(path).current
+
+
+def list_cluster(kubeconfig: Path | None) -> tuple[list[RawObject], list[RawObject]]:
+    """Every node and every pod, as raw JSON, through the extender's paginated list."""
+    if kubeconfig is not None and not kubeconfig.is_file():
+        raise ReadError(f"kubeconfig {kubeconfig}: no such file")
+    try:
+        core = core_api(str(kubeconfig) if kubeconfig else None, pool_size=2)
+    except Exception as err:  # kubernetes.config raises several kinds, all a setup problem
+        raise ReadError(f"cannot load Kubernetes credentials: {err}") from err
+    host = getattr(getattr(core.api_client, "configuration", None), "host", "?")
+    metrics = ExtenderMetrics()  # ResourceWatch wants one; nothing serves it here
+    nodes: list[RawObject] = []
+    pods: list[RawObject] = []
+    lists: tuple[tuple[Resource, Any, list[RawObject]], ...] = (
+        ("nodes", core.list_node, nodes),
+        ("pods", core.list_pod_for_all_namespaces, pods),
+    )
+    for resource, function, into in lists:
+        watch = ResourceWatch(resource, function, into.extend, _ignore_event, metrics)
+        try:
+            with _quiet(logging.getLogger("extender.cluster")):
+                watch.list_once()
+        except ApiException as err:
+            raise ReadError(f"listing {resource}: {err.status} {err.reason}") from err
+        except Exception as err:  # urllib3 and socket errors: the API cannot be reached
+            raise ReadError(
+                f"listing {resource}: cannot reach the API server at {host}: {_cause(err)}"
+            ) from err
+    return nodes, pods
+
+
+def read_live(prometheus_url: str, policy: Policy, now: float) -> TelemetryReading:
+    """One telemetry read with the policy's queries (the extender's read_telemetry)."""
+    telemetry = policy.extender.telemetry
+    try:
+        query = PrometheusQuery(prometheus_url, PROMETHEUS_TIMEOUT_SECONDS)
+        reading, _ = read_telemetry(query, plan_queries(telemetry), telemetry.node_labels, now)
+    except TelemetryError as err:
+        # A connection failure: its innermost cause, not the HTTP stack's reprs.
+        detail = _cause(err.__cause__) if err.__cause__ is not None else _short(str(err))
+        raise TelemetryUnavailable(
+            f"telemetry from Prometheus at {prometheus_url} unavailable: {detail}"
+        ) from err
+    except Exception as err:  # a URL the client cannot even use
+        raise TelemetryUnavailable(
+            f"telemetry from Prometheus at {prometheus_url} unavailable: {_cause(err)}"
+        ) from err
+    return reading
+
+
+def build_snapshot(
+    policy: Policy,
+    nodes: Sequence[RawObject],
+    pods: Sequence[RawObject],
+    reading: TelemetryReading | None,
+    now: float,
+) -> Snapshot:
+    """The snapshot the extender would hold after these lists and this read (without its
+    reservations, which live only inside it)."""
+    store = ClusterStore(policy, clock=lambda: now)
+    store.replace_nodes(nodes)
+    store.replace_pods(pods)  # before telemetry: per-pod usage is attributed through pods
+    if reading is not None:
+        store.apply_telemetry(reading)
+    return store.snapshot()
+
+
+def pod_classes(pods: Sequence[Mapping[str, Any]]) -> dict[PodKey, str]:
+    """The priorityClassName of each pod that has one (the class the webhook gave it)."""
+    classes: dict[PodKey, str] = {}
+    for raw in pods:
+        metadata = raw.get("metadata") or {}
+        spec = raw.get("spec") or {}
+        name = spec.get("priorityClassName") if isinstance(spec, Mapping) else None
+        if isinstance(metadata, Mapping) and isinstance(name, str) and name:
+            classes[(str(metadata.get("namespace", "")), str(metadata.get("name", "")))] = name
+    return classes
+
+
+def fetch_extender_snapshot(extender_url: str) -> Mapping[str, Any]:
+    """GET the extender's /debug/snapshot."""
+    url = extender_url.rstrip("/") + "/debug/snapshot"
+    try:
+        with urllib.request.urlopen(url, timeout=EXTENDER_TIMEOUT_SECONDS) as response:
+            body = json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        raise ReadError(f"extender at {extender_url}: {err.code} {err.reason}") from err
+    except (urllib.error.URLError, OSError) as err:
+        raise ReadError(f"cannot reach the extender at {extender_url}: {_cause(err)}") from err
+    except ValueError as err:
+        raise ReadError(f"extender at {extender_url}: unreadable answer: {err}") from err
+    if not isinstance(body, Mapping):
+        raise ReadError(f"extender at {extender_url}: unreadable answer: not an object")
+    return body
+
+
+def now() -> float:
+    return time.time()
+
+
+@contextlib.contextmanager
+def _quiet(logger: logging.Logger) -> Iterator[None]:
+    """The watch's "listed N nodes" lines are noise on a one-shot command's stderr; kept with
+    --log-level debug."""
+    previous = logger.level
+    if not logger.isEnabledFor(logging.DEBUG):
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
+
+
+def _ignore_event(event_type: str, raw: RawObject) -> None:
+    """A single list applies no watch events."""
+
+
+def _cause(err: BaseException) -> str:
+    """The innermost useful message of an error chain, without connection object reprs."""
+    reason = getattr(err, "reason", None)
+    if isinstance(reason, BaseException):
+        return _cause(reason)
+    if err.args and isinstance(err.args[0], BaseException):  # requests wraps urllib3's
+        return _cause(err.args[0])
+    text = re.sub(r"^(<[^>]*>|\w+\([^)]*\)):\s*", "", str(err))
+    return _short(text or type(err).__name__)
+
+
+def _short(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+__all__ = [
+    "PolicyError",
+    "ReadError",
+    "TelemetryUnavailable",
+    "build_snapshot",
+    "fetch_extender_snapshot",
+    "list_cluster",
+    "load_policy",
+    "pod_classes",
+    "read_live",
+]

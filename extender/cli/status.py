@@ -1,0 +1,102 @@
+"""`vramguard status`: GPU memory per node and per GPU pod, declared against live.
+
+    vramguard status [--prometheus-url URL] [--policy FILE] [--kubeconfig FILE]
+                     [--extender-url URL] [-o table|json]
+
+Per node: capacity, declared, reserved, live used, free, telemetry age; per GPU pod: namespace,
+pod, class (its priorityClassName), declared, live used (where telemetry reports usage per pod)
+and whether it uses more than it declared. With --extender-url the figures are the extender's
+own (its /debug/snapshot, the only place reservations are known); otherwise they come from one
+list of the API and one read of Prometheus (--prometheus-url; without it, live columns are -).
+
+Exit status: 0 when everything was read; 1 when the cluster or the extender could not be read;
+2 when the policy is unreadable, or when Prometheus could not be read (the tables are printed
+without live figures).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from extender.cli import readings
+from extender.report import (
+    Status,
+    render_status,
+    status_from_debug,
+    status_from_snapshot,
+    status_json,
+)
+from gpumem.policy_file import PolicyError
+
+FAILED = 1
+PARTIAL = 2  # also a usage error
+
+
+def register(subcommands: Any) -> None:
+    parser: argparse.ArgumentParser = subcommands.add_parser(
+        "status",
+        help="GPU memory per node and per GPU pod: declared, reserved, live used, free",
+        description="Show, per GPU node, capacity, declared, reserved (with --extender-url), "
+        "live used, free and telemetry age, and per GPU pod its class, declared and live "
+        "used, marking pods over budget.",
+    )
+    add = parser.add_argument
+    add("--prometheus-url", metavar="URL", help="Prometheus base URL (live figures)")
+    add("--policy", type=Path, help="policy file (default: the built-in policy defaults)")
+    add("--kubeconfig", type=Path, help="kubeconfig (default: in-cluster, else ~/.kube/config)")
+    add(
+        "--extender-url",
+        metavar="URL",
+        help="read the extender's /debug/snapshot instead of the API and Prometheus",
+    )
+    add("-o", "--output", choices=["table", "json"], default="table", help="output format")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        policy = readings.load_policy(args.policy)
+    except PolicyError as err:
+        return _fail(str(err), PARTIAL)
+    result = FAILED
+    try:
+        if args.extender_url:
+            status = status_from_debug(readings.fetch_extender_snapshot(args.extender_url))
+            result = 0
+        else:
+            nodes, pods = readings.list_cluster(args.kubeconfig)
+            now = readings.now()
+            reading = None
+            result = 0
+            if args.prometheus_url:
+                try:
+                    reading = readings.read_live(args.prometheus_url, policy, now)
+                except readings.TelemetryUnavailable as err:
+                    _fail(f"{err}; showing declared figures only", 0)
+                    result = PARTIAL
+            snapshot = readings.build_snapshot(policy, nodes, pods, reading, now)
+            status = status_from_snapshot(snapshot, now, readings.pod_classes(pods))
+    except readings.ReadError as err:
+        return _fail(str(err), FAILED)
+    except ValueError as err:  # an extender snapshot of another shape
+        return _fail(str(err), FAILED)
+    _show(status, args.output)
+    return result
+
+
+def _show(status: Status, output: str) -> None:
+    if output == "json":
+        print(json.dumps(status_json(status), indent=2), flush=True)
+        return
+    for line in render_status(status, colour=sys.stdout.isatty()):
+        print(line)
+    sys.stdout.flush()
+
+
+def _fail(message: str, status: int) -> int:
+    print(f"vramguard status: {message}", file=sys.stderr, flush=True)
+    return status
