@@ -274,7 +274,9 @@ def parse_policy(text: str, source: str = "policy") -> Policy:
     except yaml.YAMLError as err:
         raise PolicyError(f"{source}: not valid YAML: {err}") from err
     if data is None:
-        data = {}
+        # An empty file is far more often a half-written edit than a wish for all defaults
+        # (which `{}` still asks for): refusing it keeps the last good policy in force.
+        raise PolicyError(f"{source}: the policy is empty; write {{}} for all defaults")
     if not isinstance(data, dict):
         raise PolicyError(f"{source}: the top level must be a mapping, not {type(data).__name__}")
     try:

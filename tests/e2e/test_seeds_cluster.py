@@ -4,6 +4,7 @@ Pending with the reason, and vramguard's numbers, in its events."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -13,6 +14,7 @@ from .harness import (
     LocalVramguard,
     failed_scheduling_events,
     gpu_pod,
+    pod_events,
     wait_for_pod_event,
     wait_for_unschedulable_message,
 )
@@ -71,7 +73,13 @@ def test_seeds_fit_and_a_sixth_pod_stays_pending(
     events = failed_scheduling_events(core_v1, namespace, SIXTH.pod)
     assert any(f"Insufficient {GPUMEM_RESOURCE}" in e for e in events), events
     explained = wait_for_pod_event(core_v1, namespace, SIXTH.pod, "GPUMemoryUnavailable")
-    assert f"{node}: declared 13300 + 1500 > capacity {ADVERTISED_MIB} MiB" in explained, explained
-    assert explained.startswith(f"vramguard: no node fits 1500 MiB of {GPUMEM_RESOURCE}")
+    assert explained == (
+        f"vramguard: no node fits 1500 MiB of {GPUMEM_RESOURCE}: "
+        f"{node}: declared 13300 + 1500 > capacity {ADVERTISED_MIB} MiB"
+    )
+    # Once: the scheduler retrying and the extender re-evaluating add no second event.
+    time.sleep(6)
+    assert pod_events(core_v1, namespace, SIXTH.pod, "GPUMemoryUnavailable") == [explained]
+    assert vramguard.extender_metric("vramguard_extender_explanations_total", result="error") == 0
     # Nothing was evicted for it: it is tier-2, as low as any tenant.
     assert declared_on_node(core_v1, node) == 13300

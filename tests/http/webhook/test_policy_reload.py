@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +29,14 @@ def injected_gpumem(client: TestClient) -> str:
     return values.pop()
 
 
+def replace_file(path: Path, text: str) -> None:
+    """Swap the file's content at once, as a ConfigMap volume update does: a reader never
+    sees it half written."""
+    staging = path.with_name(path.name + ".new")
+    staging.write_text(text)
+    os.replace(staging, path)
+
+
 def eventually(condition: Callable[[], bool], timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -46,14 +55,14 @@ def test_broken_edit_keeps_the_last_good_policy(
     reloads = "vramguard_webhook_policy_reloads_total"
     last_ok = "vramguard_webhook_policy_last_reload_successful"
 
-    policy_path.write_text("defaults: {gpumemMiB: -5}\n")
+    replace_file(policy_path, "defaults: {gpumemMiB: -5}\n")
     eventually(lambda: sample(metrics, reloads, result="error") == 1)
     assert sample(metrics, last_ok) == 0
     assert injected_gpumem(client) == "3000", "the old policy still applies"
     metrics_text = client.get("/metrics").text
     assert 'vramguard_webhook_policy_reloads_total{result="error"} 1.0' in metrics_text
 
-    policy_path.write_text(POLICY_YAML.replace("gpumemMiB: 3000", "gpumemMiB: 4500"))
+    replace_file(policy_path, POLICY_YAML.replace("gpumemMiB: 3000", "gpumemMiB: 4500"))
     eventually(lambda: sample(metrics, reloads, result="success") == 1)
     assert sample(metrics, last_ok) == 1
     assert injected_gpumem(client) == "4500", "the fixed policy applies"
@@ -80,6 +89,6 @@ def test_edit_that_is_not_text_keeps_the_policy(
     assert injected_gpumem(client) == "3000"
     time.sleep(0.1)
     assert sample(metrics, reloads, result="error") == 1, "counted once, not on every poll"
-    policy_path.write_text(POLICY_YAML.replace("gpumemMiB: 3000", "gpumemMiB: 2500"))
+    replace_file(policy_path, POLICY_YAML.replace("gpumemMiB: 3000", "gpumemMiB: 2500"))
     eventually(lambda: injected_gpumem(client) == "2500")
     assert sample(metrics, "vramguard_webhook_policy_last_reload_successful") == 1

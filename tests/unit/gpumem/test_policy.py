@@ -64,8 +64,14 @@ def test_excluded_namespace() -> None:
     assert parse_policy(SAMPLE).for_namespace("kube-system").excluded is True
 
 
-def test_empty_file_is_all_defaults() -> None:
-    assert parse_policy("") == Policy()
+def test_empty_mapping_is_all_defaults() -> None:
+    assert parse_policy("{}") == Policy()
+
+
+@pytest.mark.parametrize("text", ["", "   \n", "# only a comment\n"])
+def test_empty_file_is_refused(text: str) -> None:
+    with pytest.raises(PolicyError, match="the policy is empty"):
+        parse_policy(text)
 
 
 @pytest.mark.parametrize(
