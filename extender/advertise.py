@@ -25,6 +25,7 @@ from fractions import Fraction
 from typing import Any, Literal, Protocol
 
 from extender.snapshot import GFD_COUNT_LABEL, GFD_MEMORY_LABEL
+from gpumem.objects import mapping
 from gpumem.policy import Policy
 
 log = logging.getLogger(__name__)
@@ -109,9 +110,9 @@ class NodeAdvert:
 
 def plan_node(raw: Mapping[str, Any], resource: str, slack_mib: int) -> NodeAdvert:
     """What `raw` (a Node as the API returns it) should advertise as `resource`."""
-    metadata = _mapping(raw.get("metadata"))
+    metadata = mapping(raw.get("metadata"))
     name = str(metadata.get("name") or "?")
-    labels = _mapping(metadata.get("labels"))
+    labels = mapping(metadata.get("labels"))
     if GFD_MEMORY_LABEL not in labels:
         return NodeAdvert(name, "skipped", reason=f"no {GFD_MEMORY_LABEL} label: not a GPU node")
     card = _positive_int(labels[GFD_MEMORY_LABEL])
@@ -132,9 +133,9 @@ def plan_node(raw: Mapping[str, Any], resource: str, slack_mib: int) -> NodeAdve
             "skipped",
             reason=f"{card} MiB x {count} GPU leaves nothing after {slack_mib} MiB slack",
         )
-    status = _mapping(raw.get("status"))
+    status = mapping(raw.get("status"))
     # None where absent.
-    current = {field: _mapping(status.get(field)).get(resource) for field in STATUS_FIELDS}
+    current = {field: mapping(status.get(field)).get(resource) for field in STATUS_FIELDS}
     wanted = str(value)
     # Compared as kube-scheduler compares them, by quantity value: the API server stores 15000
     # as "15k", which is the same; "14336Mi" is not (it counts bytes, 2**20 times too many).
@@ -186,7 +187,7 @@ def status_patch(raw: Mapping[str, Any], resource: str, value: str) -> JsonPatch
     if any(op["path"].count("/") < 3 for op in ops):
         # That op replaces a whole map that was absent when the node was read; if a kubelet
         # wrote it since, refuse rather than wipe its cpu and memory: the next pass rereads.
-        version = _mapping(raw.get("metadata")).get("resourceVersion")
+        version = mapping(raw.get("metadata")).get("resourceVersion")
         if isinstance(version, str) and version:
             ops.insert(0, {"op": "test", "path": "/metadata/resourceVersion", "value": version})
     return tuple(ops)
@@ -391,7 +392,3 @@ def _positive_int(value: object) -> int | None:
 
 def _as_text(value: object) -> str | None:
     return None if value is None else str(value)
-
-
-def _mapping(value: object) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}

@@ -20,6 +20,7 @@ from typing import Any, Literal
 from extender.fit import PREFIX, Refusal, check_node
 from extender.snapshot import NodeState
 from gpumem.demand import DemandError, ResourceNames, read_demand
+from gpumem.objects import mapping, sequence
 from gpumem.policy import ExtenderSettings
 
 # Events are capped at 1024 characters of message (events.k8s.io note limit); node names
@@ -74,14 +75,14 @@ def pending_pod(
     would be a claim about a decision vramguard did not take.
     The cheap tests come first: the pod watch calls this for every pod event.
     """
-    spec = _mapping(raw.get("spec"))
+    spec = mapping(raw.get("spec"))
     if spec.get("nodeName") or spec.get("schedulerName", "default-scheduler") != scheduler_name:
         return None
-    metadata = _mapping(raw.get("metadata"))
+    metadata = mapping(raw.get("metadata"))
     uid = metadata.get("uid")
     if not isinstance(uid, str) or not uid or metadata.get("deletionTimestamp"):
         return None
-    status = _mapping(raw.get("status"))
+    status = mapping(raw.get("status"))
     if status.get("phase") in TERMINAL_PHASES:
         return None
     message = _unschedulable_message(status)
@@ -93,7 +94,7 @@ def pending_pod(
         return None  # the apiserver validates quantities; the policy reads this one differently
     if need <= 0:
         return None
-    selector = _mapping(spec.get("nodeSelector"))
+    selector = mapping(spec.get("nodeSelector"))
     return PendingPod(
         uid=uid,
         namespace=str(metadata.get("namespace", "")),
@@ -106,8 +107,8 @@ def pending_pod(
 
 
 def _unschedulable_message(status: Mapping[str, Any]) -> str | None:
-    for item in _sequence(status.get("conditions")):
-        condition = _mapping(item)
+    for item in sequence(status.get("conditions")):
+        condition = mapping(item)
         if condition.get("type") != "PodScheduled":
             continue
         if condition.get("status") == "False" and condition.get("reason") == "Unschedulable":
@@ -117,24 +118,24 @@ def _unschedulable_message(status: Mapping[str, Any]) -> str | None:
 
 
 def _required_terms(spec: Mapping[str, Any]) -> tuple[Mapping[str, Any], ...]:
-    node_affinity = _mapping(_mapping(spec.get("affinity")).get("nodeAffinity"))
-    required = _mapping(node_affinity.get("requiredDuringSchedulingIgnoredDuringExecution"))
-    return tuple(_mapping(t) for t in _sequence(required.get("nodeSelectorTerms")))
+    node_affinity = mapping(mapping(spec.get("affinity")).get("nodeAffinity"))
+    required = mapping(node_affinity.get("requiredDuringSchedulingIgnoredDuringExecution"))
+    return tuple(mapping(t) for t in sequence(required.get("nodeSelectorTerms")))
 
 
 def _term_matches(term: Mapping[str, Any], node: str, labels: Mapping[str, str]) -> bool:
     """A nodeSelectorTerm: all its requirements hold; a term with none matches no node."""
-    expressions = _sequence(term.get("matchExpressions"))
-    fields = _sequence(term.get("matchFields"))
+    expressions = sequence(term.get("matchExpressions"))
+    fields = sequence(term.get("matchFields"))
     if not expressions and not fields:
         return False
     for item in expressions:
-        requirement = _mapping(item)
+        requirement = mapping(item)
         key = str(requirement.get("key", ""))
         if not _requirement_holds(requirement, labels.get(key)):
             return False
     for item in fields:
-        requirement = _mapping(item)
+        requirement = mapping(item)
         value = node if requirement.get("key") == "metadata.name" else None
         if not _requirement_holds(requirement, value):
             return False
@@ -143,7 +144,7 @@ def _term_matches(term: Mapping[str, Any], node: str, labels: Mapping[str, str])
 
 def _requirement_holds(requirement: Mapping[str, Any], value: str | None) -> bool:
     operator = requirement.get("operator")
-    values = [str(v) for v in _sequence(requirement.get("values"))]
+    values = [str(v) for v in sequence(requirement.get("values"))]
     if operator == "In":
         return value is not None and value in values
     if operator == "NotIn":
@@ -331,11 +332,3 @@ def event_name(pod_name: str, uid: str, key: str) -> str:
     digest = hashlib.sha256(f"{uid}\n{key}".encode()).hexdigest()[:16]
     stem = pod_name[: 253 - len(digest) - 1].rstrip(".-") or "pod"
     return f"{stem}.{digest}"
-
-
-def _mapping(value: object) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
-
-
-def _sequence(value: object) -> list[Any]:
-    return value if isinstance(value, list) else []

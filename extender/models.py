@@ -14,6 +14,8 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter
 from pydantic.alias_generators import to_pascal
 from typing_extensions import TypedDict
 
+from gpumem.objects import metadata_text
+
 MAX_EXTENDER_PRIORITY: Final = 10
 MIN_EXTENDER_PRIORITY: Final = 0
 
@@ -142,26 +144,14 @@ class ExtenderPreemptionResult(_Wire):
     node_name_to_meta_victims: dict[str, MetaVictims] = {}
 
 
-def _metadata(obj: RawObject) -> dict[str, Any]:
-    metadata = obj.get("metadata")
-    return metadata if isinstance(metadata, dict) else {}
-
-
 def node_name(node: RawObject) -> str:
-    name = _metadata(node).get("name")
-    return name if isinstance(name, str) else ""
+    return metadata_text(node, "name")
 
 
 def pod_uid(pod: RawObject) -> str:
-    uid = _metadata(pod).get("uid")
-    return uid if isinstance(uid, str) else ""
+    return metadata_text(pod, "uid")
 
 
 def pod_key(pod: RawObject) -> tuple[str, str]:
     """(namespace, name) of a raw pod; empty strings where missing."""
-    metadata = _metadata(pod)
-    namespace, name = metadata.get("namespace"), metadata.get("name")
-    return (
-        namespace if isinstance(namespace, str) else "",
-        name if isinstance(name, str) else "",
-    )
+    return metadata_text(pod, "namespace"), metadata_text(pod, "name")

@@ -22,6 +22,7 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from gpumem.demand import DemandError, PodDemand, ResourceNames, read_demand
+from gpumem.objects import mapping, sequence
 from gpumem.policy import ExtenderSettings, Policy
 from gpumem.quantity import QuantityError, parse_mib
 
@@ -228,15 +229,15 @@ class BindablePod:
 
 def node_facts(raw: Mapping[str, Any]) -> NodeFacts | None:
     """The facts of a raw Node, or None when it has no name."""
-    metadata = _mapping(raw.get("metadata"))
+    metadata = mapping(raw.get("metadata"))
     name = metadata.get("name")
     if not isinstance(name, str) or not name:
         return None
-    labels = _mapping(metadata.get("labels"))
-    status = _mapping(raw.get("status"))
+    labels = mapping(metadata.get("labels"))
+    status = mapping(raw.get("status"))
     return NodeFacts(
         name=name,
-        allocatable=dict(_mapping(status.get("allocatable"))),
+        allocatable=dict(mapping(status.get("allocatable"))),
         gfd_memory_mib=_label_int(labels, GFD_MEMORY_LABEL),
         gfd_count=_label_int(labels, GFD_COUNT_LABEL),
         labels={str(k): str(v) for k, v in labels.items()},
@@ -263,8 +264,8 @@ def node_capacity(facts: NodeFacts | None, gpumem_resource: str, slack_mib: int)
 
 def pod_record(raw: Mapping[str, Any], names: ResourceNames) -> PodRecord | None:
     """The record of a GPU pod that may hold VRAM, or None (no GPU demand, no uid, or done)."""
-    metadata = _mapping(raw.get("metadata"))
-    status = _mapping(raw.get("status"))
+    metadata = mapping(raw.get("metadata"))
+    status = mapping(raw.get("status"))
     uid = metadata.get("uid")
     if not isinstance(uid, str) or not uid or status.get("phase") in TERMINAL_PHASES:
         return None
@@ -277,7 +278,7 @@ def pod_record(raw: Mapping[str, Any], names: ResourceNames) -> PodRecord | None
         demand = PodDemand(is_gpu=True, declared_mib=0, containers=())
     if not demand.is_gpu and not demand.declared_mib:
         return None
-    node = _mapping(raw.get("spec")).get("nodeName")
+    node = mapping(raw.get("spec")).get("nodeName")
     return PodRecord(
         uid=uid,
         namespace=str(metadata.get("namespace", "")),
@@ -291,11 +292,11 @@ def pod_record(raw: Mapping[str, Any], names: ResourceNames) -> PodRecord | None
 def bound_pod_key(raw: Mapping[str, Any]) -> tuple[PodKey, str] | None:
     """(namespace, name) and node of any bound, non-terminal pod: telemetry that reports usage
     per pod attributes it to nodes through this, GPU pods or not."""
-    metadata = _mapping(raw.get("metadata"))
-    node = _mapping(raw.get("spec")).get("nodeName")
+    metadata = mapping(raw.get("metadata"))
+    node = mapping(raw.get("spec")).get("nodeName")
     if not isinstance(node, str) or not node:
         return None
-    if _mapping(raw.get("status")).get("phase") in TERMINAL_PHASES:
+    if mapping(raw.get("status")).get("phase") in TERMINAL_PHASES:
         return None
     return (str(metadata.get("namespace", "")), str(metadata.get("name", ""))), node
 
@@ -303,20 +304,20 @@ def bound_pod_key(raw: Mapping[str, Any]) -> tuple[PodKey, str] | None:
 def _warm_from(status: Mapping[str, Any], demand: PodDemand) -> float | None:
     gpu_containers = {c.name for c in demand.containers if c.uses_gpu}
     scheduled = None
-    for item in _sequence(status.get("conditions")):
-        condition = _mapping(item)
+    for item in sequence(status.get("conditions")):
+        condition = mapping(item)
         if condition.get("type") == "PodScheduled" and condition.get("status") == "True":
             scheduled = _timestamp(condition.get("lastTransitionTime"))
     started: list[float] = []
     for key in ("initContainerStatuses", "containerStatuses"):
-        for item in _sequence(status.get(key)):
-            container = _mapping(item)
+        for item in sequence(status.get(key)):
+            container = mapping(item)
             if gpu_containers and container.get("name") not in gpu_containers:
                 continue
-            state = _mapping(container.get("state"))
+            state = mapping(container.get("state"))
             if "terminated" in state:
                 continue  # a finished container holds no VRAM, and will not start again
-            start = _timestamp(_mapping(state.get("running")).get("startedAt"))
+            start = _timestamp(mapping(state.get("running")).get("startedAt"))
             if start is None:
                 return None  # waiting: image pull, crash loop; its allocation is still ahead
             started.append(start)
@@ -340,14 +341,6 @@ def _label_int(labels: Mapping[str, Any], key: str) -> int | None:
     except (KeyError, ValueError):
         return None
     return value if value >= 0 else None
-
-
-def _mapping(value: object) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
-
-
-def _sequence(value: object) -> list[Any]:
-    return value if isinstance(value, list) else []
 
 
 # --- Building a NodeState (pure) ------------------------------------------------------------
@@ -579,7 +572,7 @@ class ClusterStore:
 
     def apply_pod_event(self, event_type: str, raw: Mapping[str, Any]) -> None:
         """ADDED, MODIFIED or DELETED from the pod watch."""
-        metadata = _mapping(raw.get("metadata"))
+        metadata = mapping(raw.get("metadata"))
         uid = metadata.get("uid")
         if not isinstance(uid, str):
             return

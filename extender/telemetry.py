@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Literal, Protocol
+from typing import Literal, Protocol, TypeVar
 
 from prometheus_api_client import PrometheusConnect
 from urllib3.util.retry import Retry
@@ -172,39 +172,49 @@ def node_samples(
 ) -> tuple[dict[str, Sample], list[str]]:
     """Sum a per-GPU (or per-node) series per node; a node's sample is as old as its oldest
     GPU's."""
-    sums: dict[str, float] = {}
-    oldest: dict[str, float] = {}
-    problems = []
-    for s in parsed.series:
-        node = node_of(s.labels, node_labels)
-        if node is None:
-            problems.append(f"no node label ({', '.join(node_labels)}) in {dict(s.labels)!r:.80}")
-            continue
-        sums[node] = sums.get(node, 0.0) + s.value
-        sampled_at = min(s.timestamp, times.get(s.label_set, s.timestamp))
-        oldest[node] = min(oldest.get(node, sampled_at), sampled_at)
-    return {
-        node: Sample(to_mib(total, unit, round_up), oldest[node]) for node, total in sums.items()
-    }, problems
+    return _sum_by(
+        parsed,
+        lambda labels: node_of(labels, node_labels),
+        f"no node label ({', '.join(node_labels)})",
+        unit,
+        times,
+        round_up=round_up,
+    )
 
 
 def pod_samples(
     parsed: Parsed, unit: Unit, times: Mapping[LabelSet, float]
 ) -> tuple[dict[PodKey, Sample], list[str]]:
     """Sum per-process series per pod."""
-    sums: dict[PodKey, float] = {}
-    oldest: dict[PodKey, float] = {}
+    return _sum_by(parsed, _pod_of, "no namespace/pod labels", unit, times, round_up=True)
+
+
+K = TypeVar("K", str, tuple[str, str])
+
+
+def _sum_by(
+    parsed: Parsed,
+    key_of: Callable[[Mapping[str, str]], K | None],
+    missing_key: str,
+    unit: Unit,
+    times: Mapping[LabelSet, float],
+    *,
+    round_up: bool,
+) -> tuple[dict[K, Sample], list[str]]:
+    """Sum the series that share a key; a sum is as old as its oldest series."""
+    sums: dict[K, float] = {}
+    oldest: dict[K, float] = {}
     problems = []
     for s in parsed.series:
-        key = _pod_of(s.labels)
+        key = key_of(s.labels)
         if key is None:
-            problems.append(f"no namespace/pod labels in {dict(s.labels)!r:.80}")
+            problems.append(f"{missing_key} in {dict(s.labels)!r:.80}")
             continue
         sums[key] = sums.get(key, 0.0) + s.value
         sampled_at = min(s.timestamp, times.get(s.label_set, s.timestamp))
         oldest[key] = min(oldest.get(key, sampled_at), sampled_at)
     return {
-        key: Sample(to_mib(total, unit, round_up=True), oldest[key]) for key, total in sums.items()
+        key: Sample(to_mib(total, unit, round_up), oldest[key]) for key, total in sums.items()
     }, problems
 
 

@@ -24,6 +24,7 @@ from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
+from gpumem.objects import metadata, metadata_text
 from webhook.policy import ClusterView
 
 log = logging.getLogger(__name__)
@@ -296,23 +297,16 @@ def api_client(kubeconfig: Path | None) -> client.ApiClient | None:
     return client.ApiClient(configuration)
 
 
-def _metadata(obj: RawObject) -> Mapping[str, Any]:
-    metadata = obj.get("metadata")
-    return metadata if isinstance(metadata, Mapping) else {}
-
-
 def _name(obj: RawObject) -> str:
-    name = _metadata(obj).get("name")
-    return name if isinstance(name, str) else ""
+    return metadata_text(obj, "name")
 
 
 def _resource_version(obj: RawObject) -> str:
-    version = _metadata(obj).get("resourceVersion")
-    return version if isinstance(version, str) else ""
+    return metadata_text(obj, "resourceVersion")
 
 
 def _labels(obj: RawObject) -> Mapping[str, str]:
-    labels = _metadata(obj).get("labels")
+    labels = metadata(obj).get("labels")
     if not isinstance(labels, Mapping):
         return MappingProxyType({})
     return MappingProxyType({str(k): str(v) for k, v in labels.items()})
