@@ -1,8 +1,9 @@
 """Mutate a copy of the raw pod, then send the difference as a JSONPatch.
 
-The patch is never written by hand: `jsonpatch` diffs the submitted object against the mutated
-copy, so pointer escaping (`vramguard.io~1gpumem`), fields this code does not know, and
-idempotence (no change, no patch) all come from the diff.
+The patch is never written by hand: it is the diff of the submitted object against the mutated
+copy, so fields this code does not know and idempotence (no change, no patch) come from the
+diff, and pointer escaping (`vramguard.io~1gpumem`) from one function. The tests apply every
+patch with the `jsonpatch` library, an implementation of RFC 6902 independent of this one.
 
 The copy is copy-on-write: `PodDraft` copies only the dicts and lists on the path to what it
 changes, and everything else stays shared with the submitted object. That leaves the submitted
@@ -15,8 +16,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
-
-import jsonpatch
 
 JsonPath = tuple[str | int, ...]
 PatchOperation = dict[str, Any]
@@ -58,9 +57,9 @@ class PodDraft:
     def patch(self) -> list[PatchOperation]:
         """The JSONPatch that turns the original into the draft; empty when nothing changed."""
         before, after = _changed_parts(self.original, self.current)
-        # Without move detection: the patch only adds, removes and replaces, which is what
-        # the draft did, and the diff skips serializing every removed and added value.
-        return list(jsonpatch.JsonPatch.from_diff(before, after, optimization=False))
+        operations: list[PatchOperation] = []
+        _diff(before, after, "", operations)
+        return operations
 
     def _parent(self, path: JsonPath) -> dict[str, Any] | list[Any]:
         """The container holding path[-1], owned by the draft (copied on first write)."""
@@ -135,3 +134,31 @@ def _changed_parts(before: Any, after: Any) -> tuple[Any, Any]:
         if key not in before:
             kept_after[key] = value
     return kept_before, kept_after
+
+
+def _diff(before: Any, after: Any, pointer: str, into: list[PatchOperation]) -> None:
+    """Append the operations turning `before` into `after` (both from _changed_parts, so
+    arrays of equal length are objects keyed by index) at JSON Pointer `pointer`.
+
+    Only add, remove and replace, which is what the draft did: no move or copy detection.
+    A value of another JSON type is replaced even where Python's == holds (True == 1).
+    """
+    if isinstance(before, dict) and isinstance(after, dict):
+        for key, value in before.items():
+            path = f"{pointer}/{_escape(key)}"
+            if key not in after:
+                into.append({"op": "remove", "path": path})
+            else:
+                _diff(value, after[key], path, into)
+        for key, value in after.items():
+            if key not in before:
+                into.append({"op": "add", "path": f"{pointer}/{_escape(key)}", "value": value})
+        return
+    if type(before) is type(after) and before == after:
+        return
+    into.append({"op": "replace", "path": pointer, "value": after})
+
+
+def _escape(key: str) -> str:
+    """A member name as a JSON Pointer reference token (RFC 6901): ~ is ~0, / is ~1."""
+    return key.replace("~", "~0").replace("/", "~1")
