@@ -12,9 +12,9 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from extender.cli import advertise, preflight, status
+from extender.cli import advertise, explain, preflight, status
 
-COMMANDS = (advertise, preflight, status)
+COMMANDS = (advertise, explain, preflight, status)
 
 
 def build_parser() -> argparse.ArgumentParser:

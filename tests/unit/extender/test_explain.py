@@ -9,12 +9,17 @@ import pytest
 from extender.explain import (
     MESSAGE_LIMIT,
     EventThrottle,
+    NodeVerdict,
     PendingPod,
     compose,
     event_name,
     explain_pod,
+    explain_verdicts,
+    judge_nodes,
     pending_pod,
+    scheduling_pod,
 )
+from extender.fit import check_node
 from extender.snapshot import Sample, TelemetryReading
 from tests.unit.extender.factories import (
     NAMES,
@@ -438,3 +443,180 @@ def test_event_name_is_stable_per_explanation_and_a_valid_name() -> None:
         name = event_name(pod_name, "uid-1", "key")
         assert len(name) <= 253
         assert DNS_SUBDOMAIN.match(name), name
+
+
+# --- any pod, as scheduling reads it --------------------------------------------------------
+
+
+def test_scheduling_pod_reads_an_unschedulable_pod_like_pending_pod() -> None:
+    raw = with_spec(unschedulable(make_pod("p", 1500)), nodeSelector={"pool": "t4"})
+    pod = scheduling_pod(raw, NAMES)
+    assert (pod.namespace, pod.name, pod.need_mib, pod.gpu) == ("team-a", "p", 1500, True)
+    assert (pod.scheduler_name, pod.node_name, pod.phase) == (
+        "vramguard-scheduler",
+        None,
+        "Pending",
+    )
+    assert pod.scheduler_message == "0/1 nodes are available: 1 Insufficient vramguard.io/gpumem."
+    assert pod.pending_for("vramguard-scheduler")
+    assert not pod.pending_for("other")
+    assert pod.as_pending() == pending_pod(raw, "vramguard-scheduler", NAMES)
+
+
+SCHEDULING = {
+    "not-tried-yet": (make_pod("p", 1500), {"scheduler_message": None, "need_mib": 1500}),
+    "bound": (
+        make_pod("p", 1500, node="gpu-1"),
+        {"node_name": "gpu-1", "phase": "Running", "scheduler_message": None},
+    ),
+    "other-scheduler": (
+        with_spec(make_pod("p", 1500), schedulerName="default-scheduler"),
+        {"scheduler_name": "default-scheduler"},
+    ),
+    "scheduler-unset-is-the-default": (
+        make_pod("p", 1500) | {"spec": {"containers": []}},
+        {"scheduler_name": "default-scheduler", "need_mib": 0, "gpu": False},
+    ),
+    "no-gpumem": (make_pod("p", None), {"need_mib": 0, "gpu": True}),
+    "not-a-gpu-pod": (make_pod("p", None, gpu=False), {"need_mib": 0, "gpu": False}),
+    "terminating": (
+        with_metadata(make_pod("p", 1500), deletionTimestamp="2024-01-01T00:00:00Z"),
+        {"terminating": True},
+    ),
+    "succeeded": (make_pod("p", 1500, node="gpu-1", phase="Succeeded"), {"terminated": True}),
+    "garbage": (
+        {"spec": "nope", "metadata": 3, "status": []},
+        {"name": "", "uid": "", "need_mib": 0, "phase": "", "scheduler_name": "default-scheduler"},
+    ),
+}
+
+
+@pytest.mark.parametrize(("raw", "expected"), SCHEDULING.values(), ids=SCHEDULING.keys())
+def test_scheduling_pod_reads_any_pod(raw: dict[str, Any], expected: dict[str, Any]) -> None:
+    pod = scheduling_pod(raw, NAMES)
+    for attribute, value in expected.items():
+        assert getattr(pod, attribute) == value, attribute
+    assert not pod.pending_for("vramguard-scheduler")
+
+
+def test_scheduling_pod_keeps_an_unreadable_declaration_as_an_error() -> None:
+    raw = unschedulable(make_pod("p", 1500))
+    raw["spec"]["containers"][0]["resources"]["limits"][GPUMEM] = "lots"
+    raw["spec"]["containers"][0]["resources"]["requests"][GPUMEM] = "lots"
+    pod = scheduling_pod(raw, NAMES)
+    assert (pod.need_mib, pod.gpu) == (0, True)
+    assert pod.demand_error is not None
+    assert GPUMEM in pod.demand_error
+    assert pending_pod(raw, "vramguard-scheduler", NAMES) is None
+
+
+# --- node by node ---------------------------------------------------------------------------
+
+JUDGED_NODES = [
+    make_node("node-a", allocatable_mib=14000),  # declared 13300: 800 MiB short
+    make_node("node-b", allocatable_mib=14000),  # live free 1900: 112 MiB short
+    make_node("node-c", allocatable_mib=4000),  # fits, 1988 MiB to spare
+    make_node("node-d", allocatable_mib=8000),  # fits, 2988 MiB to spare (live 5000)
+    make_node("node-e", allocatable_mib=14000),  # no telemetry: budget-only fits
+    make_node("cpu-1"),
+    make_node("cpu-0"),
+]
+JUDGED_READING = dcgm_reading({"node-a": 9000, "node-b": 1900, "node-c": 4000, "node-d": 5000})
+
+
+def judged(
+    pod: Any = None,
+    settings: dict[str, Any] | None = None,
+    bound_to: str | None = None,
+) -> tuple[NodeVerdict, ...]:
+    store = make_store(make_policy(**(settings or {})), JUDGED_NODES, SEEDS_NODE, JUDGED_READING)
+    return judge_nodes(
+        pod or incoming(), store.snapshot().nodes, store.policy.extender, NOW, bound_to=bound_to
+    )
+
+
+def test_judge_nodes_gives_every_known_node_one_verdict_best_first() -> None:
+    verdicts = judged()
+    assert [(v.node, v.verdict) for v in verdicts] == [
+        ("node-e", "fits"),  # 14000 - 1500 in budgets, no live check
+        ("node-d", "fits"),
+        ("node-c", "fits"),
+        ("node-b", "refused"),
+        ("node-a", "refused"),
+        ("cpu-0", "no-gpu"),
+        ("cpu-1", "no-gpu"),
+    ]
+    by_node = {v.node: v for v in verdicts}
+    assert (by_node["node-e"].headroom_mib, by_node["node-e"].live_skipped) == (12500, True)
+    assert (by_node["node-d"].headroom_mib, by_node["node-d"].live_skipped) == (2988, False)
+    assert by_node["node-c"].headroom_mib == 1988
+    refusal = by_node["node-b"].refusal
+    assert refusal is not None
+    assert (refusal.kind, refusal.short_mib) == ("live", 112)
+    assert refusal.message == (
+        "vramguard: live free 1900 MiB < need 1500 + floor 512 MiB (dcgm, 8s old)"
+    )
+    refusal = by_node["node-a"].refusal
+    assert refusal is not None
+    assert refusal.message == "vramguard: declared 13300 + 1500 > capacity 14000 MiB"
+    assert all(v.refusal is None and v.headroom_mib is None for v in verdicts[5:])
+
+
+def test_judge_nodes_says_what_the_fit_rule_says() -> None:
+    store = make_store(make_policy(), JUDGED_NODES, SEEDS_NODE, JUDGED_READING)
+    nodes, settings = store.snapshot().nodes, store.policy.extender
+    for verdict in judge_nodes(incoming(), nodes, settings, NOW):
+        if verdict.verdict in ("fits", "refused"):
+            fit = check_node(1500, verdict.node, nodes[verdict.node], settings, NOW)
+            assert (verdict.refusal, verdict.live_skipped) == (fit.refusal, fit.live_skipped)
+            if fit.fits:
+                assert verdict.headroom_mib == fit.headroom_mib
+
+
+def test_judge_nodes_rules_out_nodes_the_selectors_do_not_admit() -> None:
+    pod = incoming(node_selector={"kubernetes.io/hostname": "node-b"})
+    assert [(v.node, v.verdict) for v in judged(pod)] == [
+        ("node-b", "refused"),
+        ("node-a", "not-admitted"),
+        ("node-c", "not-admitted"),
+        ("node-d", "not-admitted"),
+        ("node-e", "not-admitted"),
+        ("cpu-0", "no-gpu"),
+        ("cpu-1", "no-gpu"),
+    ]
+
+
+def test_judge_nodes_with_stale_deny_refuses_without_telemetry_after_the_shortfalls() -> None:
+    verdicts = judged(settings={"staleMode": "deny"})
+    assert [(v.node, v.verdict) for v in verdicts][:5] == [
+        ("node-d", "fits"),
+        ("node-c", "fits"),
+        ("node-b", "refused"),
+        ("node-a", "refused"),
+        ("node-e", "refused"),  # no shortfall: no amount of memory would do
+    ]
+    refusal = verdicts[4].refusal
+    assert refusal is not None
+    assert refusal.kind == "stale"
+
+
+def test_judge_nodes_shows_the_bound_node_without_judging_it() -> None:
+    verdicts = judged(incoming(5000), bound_to="node-a")
+    assert verdicts[0] == NodeVerdict("node-a", "bound")
+    assert [v.node for v in verdicts if v.verdict == "fits"] == ["node-e"]
+    assert "node-a" not in [n for n, _ in explain_verdicts(5000, verdicts, resource=GPUMEM).refused]
+
+
+def test_judge_nodes_skips_nodes_only_pods_mention() -> None:
+    store = make_store(make_policy(), [], [resident("r", 1000, "ghost")])
+    assert judge_nodes(incoming(), store.snapshot().nodes, store.policy.extender, NOW) == ()
+
+
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def test_explain_pod_is_explain_verdicts_of_judge_nodes(case: Case) -> None:
+    store = make_store(make_policy(**case.settings), case.nodes, case.pods, case.reading)
+    nodes, settings = store.snapshot().nodes, store.policy.extender
+    verdicts = judge_nodes(case.pod, nodes, settings, NOW)
+    assert explain_verdicts(case.pod.need_mib, verdicts, resource=GPUMEM) == explain_pod(
+        case.pod, nodes, settings, NOW, resource=GPUMEM
+    )

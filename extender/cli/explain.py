@@ -1,0 +1,143 @@
+"""`vramguard explain POD -n NS`: why a GPU pod is Pending, or where it would fit, node by node.
+
+    vramguard explain POD [-n NAMESPACE] [--prometheus-url URL] [--policy FILE]
+                          [--kubeconfig FILE] [--scheduler-name NAME] [-o table|json]
+
+One list of nodes and pods plus one telemetry read build the snapshot the extender would hold
+(as `status` does); the pod is then judged on every node with the extender's own fit rule
+(extender.explain.judge_nodes): fits (with the MiB to spare), refused (the extender's reason,
+word for word), not admitted by the pod's nodeSelector or node affinity, or no GPU memory. A
+Pending pod's summary is the extender's GPUMemoryUnavailable Event text when no node fits.
+
+Without --prometheus-url (or when Prometheus cannot be read) the live check is not evaluated:
+the nodes are judged on the declared budgets alone, as staleMode budget-only would, and every
+row that fits says so. The snapshot has no reservations (they live only inside the extender),
+so a pod bound in the last seconds may be missing from the declared figures.
+
+A bound pod is not judged again on its own node, whose declared figure already counts it: that
+node is shown as "bound" with its figures, and the other nodes are judged as if the pod were
+placed anew. A pod of another scheduler is judged all the same, saying that vramguard never
+judges it; a terminated pod, or one that declares no GPU memory, is not judged.
+
+Exit status: 0 when the pod was explained (also when vramguard does not judge it); 1 when the
+cluster cannot be read or the pod does not exist; 2 on a usage error, an unreadable policy or
+GPU-memory declaration, or when Prometheus could not be read (the verdicts are printed, on the
+declared budgets alone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from extender.cli import readings
+from extender.explain import scheduling_pod
+from extender.report import (
+    LiveRead,
+    PodExplanation,
+    explain_report,
+    explanation_json,
+    render_explanation,
+)
+from gpumem.policy_file import PolicyError
+
+FAILED = 1
+PARTIAL = 2  # also a usage error
+DEFAULT_SCHEDULER = "vramguard-scheduler"
+
+
+def register(subcommands: Any) -> None:
+    parser: argparse.ArgumentParser = subcommands.add_parser(
+        "explain",
+        help="why a GPU pod is Pending, or where it would fit, node by node",
+        description="Judge a pod on every node with the extender's fit rule and say, per "
+        "node, whether it fits (and with how many MiB to spare), why it is refused (the "
+        "extender's own reason), or that the pod's selectors or the node's lack of GPU "
+        "memory rule the node out.",
+    )
+    add = parser.add_argument
+    add("pod", metavar="POD", help="the pod's name")
+    add("-n", "--namespace", default="default", help="the pod's namespace (default: default)")
+    add("--prometheus-url", metavar="URL", help="Prometheus base URL (the live check)")
+    add("--policy", type=Path, help="policy file (default: the built-in policy defaults)")
+    add("--kubeconfig", type=Path, help="kubeconfig (default: in-cluster, else ~/.kube/config)")
+    add(
+        "--scheduler-name",
+        metavar="NAME",
+        help="the scheduler vramguard's extender serves (default: the policy's schedulerName, "
+        f"else {DEFAULT_SCHEDULER})",
+    )
+    add("-o", "--output", choices=["table", "json"], default="table", help="output format")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        policy = readings.load_policy(args.policy)
+    except PolicyError as err:
+        return _fail(str(err), PARTIAL)
+    try:
+        nodes, pods = readings.list_cluster(args.kubeconfig)
+    except readings.ReadError as err:
+        return _fail(str(err), FAILED)
+    raw = find_pod(pods, args.namespace, args.pod)
+    if raw is None:
+        return _fail(f"pod {args.namespace}/{args.pod} not found", FAILED)
+    pod = scheduling_pod(raw, policy.resource_names)
+    now = readings.now()
+    live: LiveRead = "not-read"
+    reading = None
+    result = 0
+    if pod.need_mib > 0 and not pod.terminated and args.prometheus_url:
+        try:
+            reading = readings.read_live(args.prometheus_url, policy, now)
+            live = "read"
+        except readings.TelemetryUnavailable as err:
+            _fail(f"{err}; judging on the declared budgets alone", 0)
+            live, result = "unavailable", PARTIAL
+    snapshot = readings.build_snapshot(policy, nodes, pods, reading, now)
+    report = explain_report(
+        pod,
+        snapshot,
+        policy.extender,
+        now,
+        resource=policy.gpumem_resource_name,
+        served_scheduler=args.scheduler_name or policy.scheduler_name or DEFAULT_SCHEDULER,
+        live=live,
+    )
+    _show(report, args.output)
+    if pod.demand_error is not None:
+        return PARTIAL  # the policy reads its resources differently from the apiserver
+    return result
+
+
+def find_pod(
+    pods: Sequence[Mapping[str, Any]], namespace: str, name: str
+) -> Mapping[str, Any] | None:
+    for raw in pods:
+        metadata = raw.get("metadata")
+        if (
+            isinstance(metadata, Mapping)
+            and metadata.get("namespace") == namespace
+            and metadata.get("name") == name
+        ):
+            return raw
+    return None
+
+
+def _show(report: PodExplanation, output: str) -> None:
+    if output == "json":
+        print(json.dumps(explanation_json(report), indent=2), flush=True)
+        return
+    for line in render_explanation(report, colour=sys.stdout.isatty()):
+        print(line)
+    sys.stdout.flush()
+
+
+def _fail(message: str, status: int) -> int:
+    print(f"vramguard explain: {message}", file=sys.stderr, flush=True)
+    return status
