@@ -12,9 +12,9 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from extender.cli import advertise, explain, preflight, status
+from extender.cli import advertise, explain, preflight, status, watchdog
 
-COMMANDS = (advertise, explain, preflight, status)
+COMMANDS = (advertise, explain, preflight, status, watchdog)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,15 +18,14 @@ from __future__ import annotations
 import argparse
 import http.server
 import logging
-import signal
 import sys
 import threading
 import time
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from extender.advertise import Advertiser, NodeAPIError
+from extender.cli import arguments
 from extender.cluster import KubernetesNodes, core_api
 from gpumem.policy import Policy
 from gpumem.policy_file import PolicyError, PolicyFile
@@ -36,7 +35,6 @@ log = logging.getLogger("extender.cli.advertise")
 FAILED = 1
 USAGE_ERROR = 2
 DEFAULT_INTERVAL_SECONDS = 60.0
-MAX_INTERVAL_SECONDS = 86400.0
 
 
 def register(subcommands: Any) -> None:
@@ -62,7 +60,7 @@ def register(subcommands: Any) -> None:
     )
     add(
         "--interval",
-        type=_positive_seconds,
+        type=arguments.seconds(positive=True),
         default=DEFAULT_INTERVAL_SECONDS,
         metavar="SECONDS",
         help=f"seconds between passes (default {DEFAULT_INTERVAL_SECONDS:g})",
@@ -126,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
         if args.once:
             return FAILED if result.failed else 0
         stop = threading.Event()
-        _stop_on_signals(stop)
+        arguments.stop_on_signals(stop)
         advertiser.loop(args.interval, stop, first_pass_done=True)
         return 0
     finally:
@@ -189,28 +187,6 @@ class HealthServer:
                 return  # a probe every few seconds is noise
 
         return Handler
-
-
-def _stop_on_signals(stop: threading.Event) -> None:
-    """SIGTERM (the kubelet stopping the pod) and Ctrl-C end the loop between passes."""
-
-    def handle(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, handle)
-
-
-def _positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not 0 < value <= MAX_INTERVAL_SECONDS:
-        raise argparse.ArgumentTypeError(
-            f"must be more than 0 and at most {MAX_INTERVAL_SECONDS:g} seconds: {text!r}"
-        )
-    return value
 
 
 def _print(line: str) -> None:

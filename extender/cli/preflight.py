@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from extender.cli import readings
+from extender.cli import arguments, readings
 from extender.report import preflight, render_preflight
 from gpumem.policy_file import PolicyError
 
@@ -39,11 +39,11 @@ def register(subcommands: Any) -> None:
         "stale. Prints the arithmetic per node.",
     )
     add = parser.add_argument
-    add("--need", type=_mib, required=True, metavar="MIB", help="MiB the job needs")
+    add("--need", type=arguments.mib, required=True, metavar="MIB", help="MiB the job needs")
     add("--node", metavar="NAME", help="only this node (default: any GPU node)")
     add(
         "--floor",
-        type=_mib,
+        type=arguments.mib,
         metavar="MIB",
         help="MiB to keep free on top (default: the policy's extender.floorMiB)",
     )
@@ -78,16 +78,6 @@ def run(args: argparse.Namespace) -> int:
     for line in render_preflight(result, colour=sys.stdout.isatty()):
         print(line, flush=True)
     return result.exit_status
-
-
-def _mib(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number of MiB: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
-    return value
 
 
 def _fail(message: str, status: int) -> int:

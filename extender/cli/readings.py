@@ -72,7 +72,7 @@ def list_cluster(kubeconfig: Path | None) -> tuple[list[RawObject], list[RawObje
             raise ReadError(f"listing {resource}: {err.status} {err.reason}") from err
         except Exception as err:  # urllib3 and socket errors: the API cannot be reached
             raise ReadError(
-                f"listing {resource}: cannot reach the API server at {host}: {_cause(err)}"
+                f"listing {resource}: cannot reach the API server at {host}: {cause(err)}"
             ) from err
     return nodes, pods
 
@@ -85,13 +85,13 @@ def read_live(prometheus_url: str, policy: Policy, now: float) -> TelemetryReadi
         reading, _ = read_telemetry(query, plan_queries(telemetry), telemetry.node_labels, now)
     except TelemetryError as err:
         # A connection failure: its innermost cause, not the HTTP stack's reprs.
-        detail = _cause(err.__cause__) if err.__cause__ is not None else _short(str(err))
+        detail = cause(err.__cause__) if err.__cause__ is not None else _short(str(err))
         raise TelemetryUnavailable(
             f"telemetry from Prometheus at {prometheus_url} unavailable: {detail}"
         ) from err
     except Exception as err:  # a URL the client cannot even use
         raise TelemetryUnavailable(
-            f"telemetry from Prometheus at {prometheus_url} unavailable: {_cause(err)}"
+            f"telemetry from Prometheus at {prometheus_url} unavailable: {cause(err)}"
         ) from err
     return reading
 
@@ -134,7 +134,7 @@ def fetch_extender_snapshot(extender_url: str) -> Mapping[str, Any]:
     except urllib.error.HTTPError as err:
         raise ReadError(f"extender at {extender_url}: {err.code} {err.reason}") from err
     except (urllib.error.URLError, OSError) as err:
-        raise ReadError(f"cannot reach the extender at {extender_url}: {_cause(err)}") from err
+        raise ReadError(f"cannot reach the extender at {extender_url}: {cause(err)}") from err
     except ValueError as err:
         raise ReadError(f"extender at {extender_url}: unreadable answer: {err}") from err
     if not isinstance(body, Mapping):
@@ -163,13 +163,13 @@ def _ignore_event(event_type: str, raw: RawObject) -> None:
     """A single list applies no watch events."""
 
 
-def _cause(err: BaseException) -> str:
+def cause(err: BaseException) -> str:
     """The innermost useful message of an error chain, without connection object reprs."""
     reason = getattr(err, "reason", None)
     if isinstance(reason, BaseException):
-        return _cause(reason)
+        return cause(reason)
     if err.args and isinstance(err.args[0], BaseException):  # requests wraps urllib3's
-        return _cause(err.args[0])
+        return cause(err.args[0])
     text = re.sub(r"^(<[^>]*>|\w+\([^)]*\)):\s*", "", str(err))
     return _short(text or type(err).__name__)
 
@@ -184,6 +184,7 @@ __all__ = [
     "ReadError",
     "TelemetryUnavailable",
     "build_snapshot",
+    "cause",
     "fetch_extender_snapshot",
     "list_cluster",
     "load_policy",

@@ -37,6 +37,7 @@ from .conftest import (
 ALL_YAML = sorted(MANIFESTS.rglob("*.yaml"))
 RULES_DIR = MANIFESTS / "components" / "prometheus-rules"
 ADVERTISER = MANIFESTS / "components" / "advertiser" / "advertiser.yaml"
+WATCHDOG = MANIFESTS / "components" / "watchdog" / "watchdog.yaml"
 NETWORK_POLICIES = MANIFESTS / "components" / "network-policy" / "networkpolicies.yaml"
 SERVICE_MONITORS = MANIFESTS / "components" / "service-monitor" / "servicemonitor.yaml"
 PRIORITY_CLASSES = MANIFESTS / "components" / "priority-classes" / "priorityclasses.yaml"
@@ -47,6 +48,8 @@ ALERTS = {
     "VRAMGuardExtenderDown",
     "VRAMGuardPodsPendingOnVRAM",
     "VRAMGuardPodOverBudget",
+    "VRAMGuardWatchdogDown",
+    "VRAMGuardWatchdogRecycled",
 }
 # Verbs that hand out more than they name: a role with them can grant itself anything.
 ESCALATING_VERBS = {"*", "escalate", "bind", "impersonate"}
@@ -470,6 +473,81 @@ def test_advertiser_runs_the_console_script_with_least_privilege() -> None:
     assert {p["port"] for rule in policy["spec"]["egress"] for p in rule["ports"]} == {443, 6443}
 
 
+def test_watchdog_runs_the_console_script_with_least_privilege() -> None:
+    from extender.cli import build_parser  # noqa: PLC0415
+
+    docs = objects(WATCHDOG)
+    deployment = named(docs, "Deployment", "vramguard-watchdog")
+    assert_hardened([deployment])
+    assert_probes_are_http([deployment])
+    assert_least_privilege(docs)
+    # One watchdog at a time, also during an upgrade: two would each keep a cooldown.
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    watchdog = container(deployment, "watchdog")
+    args = command_line(watchdog)
+    assert args[:2] == ["vramguard", "watchdog"]
+    options = build_parser().parse_args(args[1:])
+    assert (options.interval, options.once, options.cooldown, options.nodes) == (30, False, 300, [])
+    # Floors follow the policy; the dry run comes from DRY_RUN, shipped "true".
+    assert (options.floor, options.emergency_floor, options.dry_run) == (None, None, None)
+    assert {"name": "DRY_RUN", "value": "true"} in watchdog["env"]
+    assert urlsplit(options.prometheus_url).port == 9090
+    assert str(options.policy) == "/etc/vramguard/policy/policy.yaml"
+    mount = mount_for(watchdog, str(options.policy))
+    assert volume(deployment, mount["name"])["configMap"]["name"] == "vramguard-policy"
+    for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+        get = watchdog[probe]["httpGet"]
+        assert (get["path"], port_number(watchdog, get["port"])) == (path, options.metrics_port)
+    role = named(docs, "ClusterRole", "vramguard-watchdog")
+    assert granted(role) == {
+        ("", "nodes", "list"),
+        ("", "pods", "list"),
+        ("", "pods", "delete"),
+        ("", "events", "create"),
+    }
+    binding = named(docs, "ClusterRoleBinding", "vramguard-watchdog")
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "vramguard-watchdog", "namespace": "vramguard"}
+    ]
+    assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == "vramguard-watchdog"
+    labels = deployment["spec"]["selector"]["matchLabels"]
+    # Its metrics Service, scraped by the ServiceMonitor the alerts' job label names.
+    service = named(docs, "Service", "vramguard-watchdog-metrics")
+    assert service["spec"]["selector"] == labels
+    (port,) = service["spec"]["ports"]
+    assert port_number(watchdog, port["targetPort"]) == options.metrics_port
+    monitor = named(objects(SERVICE_MONITORS), "ServiceMonitor", "vramguard-watchdog")
+    assert monitor["spec"]["selector"]["matchLabels"] == {
+        k: v for k, v in service["metadata"]["labels"].items() if k in labels
+    }
+    assert [e["port"] for e in monitor["spec"]["endpoints"]] == [port["name"]]
+    assert 'job="vramguard-watchdog-metrics"' in (RULES_DIR / "rules.yaml").read_text("utf-8")
+    # The NetworkPolicy component lets it reach the API server, Prometheus and DNS, and lets
+    # Prometheus scrape it.
+    policy = named(objects(NETWORK_POLICIES), "NetworkPolicy", "vramguard-watchdog")
+    assert policy["spec"]["podSelector"]["matchLabels"] == labels
+    (ingress,) = policy["spec"]["ingress"]
+    assert {p["port"] for p in ingress["ports"]} == {options.metrics_port}
+    egress = {p["port"] for rule in policy["spec"]["egress"] for p in rule["ports"]}
+    assert egress == {53, 443, 6443, 9090}
+
+
+def test_alerts_use_metric_names_the_watchdog_exports() -> None:
+    # Imported here, as in the extender's test below.
+    from extender.cli.watchdog import RecycleResult, WatchdogMetrics  # noqa: PLC0415
+
+    exported: set[str] = set()
+    for family in WatchdogMetrics(dry_run=True).registry.collect():
+        exported.add(family.name + ("_total" if family.type == "counter" else ""))
+    text = (RULES_DIR / "rules.yaml").read_text("utf-8")
+    used = set(re.findall(r"\bvramguard_watchdog_[a-z_]+", text))
+    assert used, "the rules use no watchdog metric"
+    assert used <= exported, used - exported
+    (results,) = re.findall(r'recycles_total\{result=~"([^"]+)"', text)
+    assert set(results.split("|")) <= set(typing.get_args(RecycleResult))
+
+
 def test_scheduler_lease_is_the_one_it_may_update(
     base: list[K8sObject], scheduler_config: Mapping[str, Any]
 ) -> None:
@@ -606,15 +684,18 @@ def test_overlay_keeps_every_invariant(
     assert yaml.safe_load(by_prefix["vramguard-scheduler-config"]["data"]["config.yaml"]) == (
         yaml.safe_load((BASE / "scheduler-config.yaml").read_text("utf-8"))
     )
-    # Every overlay advertises GPU memory, from the same policy ConfigMap, so a policy
-    # change rolls the advertiser with the webhook and the scheduler.
+    # Every overlay advertises GPU memory and runs the watchdog (as a dry run), from the
+    # same policy ConfigMap, so a policy change rolls them with the webhook and the scheduler.
     policy_map = by_prefix["vramguard-policy"]["metadata"]["name"]
     deployments = {d["metadata"]["name"]: d for d in of_kind(docs, "Deployment")}
     assert set(deployments) == {
         "vramguard-webhook",
         "vramguard-scheduler",
         "vramguard-advertiser",
+        "vramguard-watchdog",
     }
+    env = container(deployments["vramguard-watchdog"], "watchdog")["env"]
+    assert {"name": "DRY_RUN", "value": "true"} in env
     for deployment in deployments.values():
         assert volume(deployment, "policy")["configMap"]["name"] == policy_map
 

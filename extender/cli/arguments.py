@@ -1,0 +1,82 @@
+"""What the operator commands share besides their readings: argument types that turn a bad
+value into argparse's one-line usage error, and the signal handling of the looping commands
+(`advertise`, `watchdog`)."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+from collections.abc import Callable
+from types import FrameType
+
+MAX_SECONDS = 86400.0
+_TRUE = frozenset({"true", "1", "yes", "on"})
+_FALSE = frozenset({"false", "0", "no", "off"})
+
+
+def mib(text: str) -> int:
+    """A whole, non-negative number of MiB."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number of MiB: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
+    return value
+
+
+def seconds(*, positive: bool) -> Callable[[str], float]:
+    """Seconds, at most a day; more than 0 when positive, else at least 0."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+        low_ok = value > 0 if positive else value >= 0
+        if not (low_ok and value <= MAX_SECONDS):
+            least = "more than 0" if positive else "at least 0"
+            raise argparse.ArgumentTypeError(
+                f"must be {least} and at most {MAX_SECONDS:g} seconds: {text!r}"
+            )
+        return value
+
+    return parse
+
+
+def port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}")
+    return value
+
+
+def parse_boolean(text: str) -> bool:
+    """true/false, 1/0, yes/no, on/off, any case. Raises ValueError."""
+    value = text.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(text)
+
+
+def boolean(text: str) -> bool:
+    try:
+        return parse_boolean(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not true or false: {text!r}") from None
+
+
+def stop_on_signals(stop: threading.Event) -> None:
+    """SIGTERM (the kubelet stopping the pod) and Ctrl-C end a loop between passes."""
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, handle)
