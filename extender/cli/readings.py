@@ -1,8 +1,8 @@
-"""The I/O of the read-only operator commands (`preflight`, `status`): one list of nodes and
-pods (the extender's own list code, extender.cluster.ResourceWatch.list_once), one telemetry
-read (extender.telemetry.read_telemetry), and the extender's /debug/snapshot. Every failure
-becomes a ReadError whose message a person can act on, so a command prints one line and no
-traceback.
+"""The I/O of the operator commands that read the cluster (`explain`, `preflight`, `status`,
+`watchdog`): one list of nodes and pods (the extender's own list code,
+extender.cluster.ResourceWatch.list_once), one telemetry read
+(extender.telemetry.read_telemetry), and the extender's /debug/snapshot. Every failure becomes
+a ReadError whose message a person can act on, so a command prints one line and no traceback.
 """
 
 from __future__ import annotations
