@@ -61,9 +61,12 @@ demo: $(STAMP) ## the whole story on a local control plane: budgets, live VRAM, 
 	$(PY) -m tests.demo.demo
 
 .PHONY: bench
-bench: $(STAMP) ## benchmarks (print numbers; never pass/fail)
-	$(PY) -m tests.bench.webhook_bench
-	$(PY) -m tests.bench.extender_bench
+bench: tools ## the benchmark suite: a table of ratios into build/bench/latest.md (never pass/fail)
+	$(PY) -m tests.bench.run --out build/bench/latest.md
+
+.PHONY: bench-quick
+bench-quick: tools ## the benchmark suite at small sizes: a smoke run of a few minutes
+	$(PY) -m tests.bench.run --quick --out build/bench/quick.md
 
 .PHONY: certs
 certs: $(STAMP) ## issue a CA and the webhook's serving cert into certs/out

@@ -3,8 +3,10 @@
 Builds clusters of 100, 1,000 and 5,000 GPU nodes with ~10 GPU pods each and fresh dcgm
 telemetry, serves the app with uvicorn on 127.0.0.1 in this process (plain HTTP, loopback, as
 the scheduler sidecar does), and sends nodeCacheCapable requests naming every node over one
-keep-alive connection, one at a time, as kube-scheduler does for one pod. Prints p50/p99 and
-requests per second per size. Target: filter p99 < 5 ms at 1,000 nodes.
+keep-alive connection, one at a time, as kube-scheduler does for one pod, and GET /healthz the
+same way (the HTTP floor: the suite's baseline). Prints p50/p99 and requests per second per
+size. Target: filter p99 < 5 ms at 1,000 nodes. `measure_sizes` and `summary_rows` are what
+tests.bench.run calls.
 
     .venv/bin/python -m tests.bench.extender_bench [--sizes 100,1000,5000] [--requests 1000]
     .venv/bin/python -m tests.bench.extender_bench --profile 1000   # cProfile the filter path
@@ -19,10 +21,14 @@ import http.client
 import json
 import pstats
 import random
+import shutil
 import socket
 import statistics
+import sys
+import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +38,7 @@ from extender.app import ExtenderDeps, FixedPolicy, create_app
 from extender.settings import Settings
 from extender.snapshot import ClusterStore, Sample, TelemetryReading
 from gpumem.policy import Policy
+from tests.bench.table import Row, Target
 
 GPUMEM = "vramguard.io/gpumem"
 CAPACITY = 80 * 1024
@@ -141,8 +148,12 @@ class InProcessServer:
         self.thread.join()
 
 
-def post(client: http.client.HTTPConnection, path: str, body: bytes) -> bytes:
-    client.request("POST", path, body, {"Content-Type": "application/json"})
+def request(client: http.client.HTTPConnection, path: str, body: bytes | None) -> bytes:
+    """POST `body` to `path`, or GET it when there is no body."""
+    if body is None:
+        client.request("GET", path)
+    else:
+        client.request("POST", path, body, {"Content-Type": "application/json"})
     response = client.getresponse()
     data = response.read()
     if response.status != 200:
@@ -150,16 +161,16 @@ def post(client: http.client.HTTPConnection, path: str, body: bytes) -> bytes:
     return data
 
 
-def measure(
-    client: http.client.HTTPConnection, path: str, body: bytes, requests: int
+def timed(
+    client: http.client.HTTPConnection, path: str, body: bytes | None, requests: int
 ) -> dict[str, float]:
     for _ in range(max(20, requests // 10)):  # warm-up
-        post(client, path, body)
+        request(client, path, body)
     latencies = []
     started = time.perf_counter()
     for _ in range(requests):
         t0 = time.perf_counter()
-        post(client, path, body)
+        request(client, path, body)
         latencies.append(time.perf_counter() - t0)
     elapsed = time.perf_counter() - started
     latencies.sort()
@@ -170,12 +181,31 @@ def measure(
     }
 
 
-def run(sizes: list[int], requests: int, pods_per_node: int, tmp: Path) -> None:
+@dataclass(frozen=True)
+class ExtenderRow:
+    """One verb at one cluster size; ms."""
+
+    nodes: int
+    verb: str  # "/filter", "/prioritize", or "GET /healthz" (the HTTP floor)
+    p50: float
+    p99: float
+    rps: float
+    passed: int  # nodes the pod fits on, of `nodes`
+    pods_per_node: int
+
+
+HEALTHZ = "GET /healthz"
+TARGET_NODES = 1000
+TARGET = Target("value", "<", 5.0)  # filter p99 < 5 ms at 1,000 nodes
+
+
+def run(sizes: list[int], requests: int, pods_per_node: int, tmp: Path) -> list[ExtenderRow]:
+    """Each size: /filter, /prioritize and GET /healthz over one keep-alive connection."""
     now = time.time()
     policy_file = tmp / "bench-policy.yaml"
     policy_file.write_text("{}\n")
     settings = Settings(policy=policy_file, prometheus_url="http://127.0.0.1:9")
-    print(f"{'nodes':>6} {'verb':<11} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8}  passed")
+    rows = []
     for size in sizes:
         store = build_store(size, pods_per_node, now)
         deps = ExtenderDeps(store=store, binder=NoBinder(), policy=FixedPolicy(Policy()))
@@ -185,15 +215,64 @@ def run(sizes: list[int], requests: int, pods_per_node: int, tmp: Path) -> None:
             # http.client: a keep-alive connection with the least client-side work, so the
             # numbers are the server's (the client shares this process and its GIL).
             client = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
-            passed = len(json.loads(post(client, "/filter", body))["NodeNames"])
-            for path in ("/filter", "/prioritize"):
-                r = measure(client, path, body, requests)
-                print(
-                    f"{size:>6} {path:<11} {r['p50']:>8.2f} {r['p99']:>8.2f} {r['rps']:>8.0f}"
-                    f"  {passed}/{size}",
-                    flush=True,
+            passed = len(json.loads(request(client, "/filter", body))["NodeNames"])
+            paths: list[tuple[str, str, bytes | None]] = [
+                ("/filter", "/filter", body),
+                ("/prioritize", "/prioritize", body),
+                (HEALTHZ, "/healthz", None),
+            ]
+            for verb, path, payload in paths:
+                r = timed(client, path, payload, requests)
+                rows.append(
+                    ExtenderRow(
+                        nodes=size,
+                        verb=verb,
+                        p50=r["p50"],
+                        p99=r["p99"],
+                        rps=r["rps"],
+                        passed=passed,
+                        pods_per_node=pods_per_node,
+                    )
                 )
+                print(f"  {size} nodes {verb} done", file=sys.stderr, flush=True)
             client.close()
+    return rows
+
+
+def measure_sizes(sizes: list[int], requests: int, pods_per_node: int = 10) -> list[ExtenderRow]:
+    tmp = Path(tempfile.mkdtemp(prefix="extender-bench-"))
+    try:
+        return run(sizes, requests, pods_per_node, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def summary_rows(rows: list[ExtenderRow]) -> list[Row]:
+    """p99 of each verb against GET /healthz on the same server and connection."""
+    floor = {row.nodes: row.p99 for row in rows if row.verb == HEALTHZ}
+    return [
+        Row(
+            measure=f"extender {row.verb} p99",
+            configuration=f"{row.nodes:,} nodes, ~{row.pods_per_node} GPU pods each, over HTTP",
+            value=row.p99,
+            unit="ms",
+            baseline=floor.get(row.nodes),
+            baseline_label=HEALTHZ,
+            target=TARGET if row.verb == "/filter" and row.nodes == TARGET_NODES else None,
+        )
+        for row in rows
+        if row.verb != HEALTHZ
+    ]
+
+
+def details(rows: list[ExtenderRow]) -> str:
+    lines = [f"{'nodes':>6} {'verb':<13} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8}  passed"]
+    lines += [
+        f"{row.nodes:>6} {row.verb:<13} {row.p50:>8.2f} {row.p99:>8.2f} {row.rps:>8.0f}"
+        f"  {row.passed}/{row.nodes}"
+        for row in rows
+    ]
+    return "\n".join(lines)
 
 
 class NoBinder:
@@ -260,11 +339,15 @@ def main() -> None:
     parser.add_argument("--pods-per-node", type=int, default=10)
     parser.add_argument("--profile", type=int, metavar="NODES", help="cProfile /filter instead")
     args = parser.parse_args()
-    tmp = Path(__import__("tempfile").mkdtemp(prefix="extender-bench-"))
     if args.profile:
-        profile(args.profile, args.requests, args.pods_per_node, tmp)
+        tmp = Path(tempfile.mkdtemp(prefix="extender-bench-"))
+        try:
+            profile(args.profile, args.requests, args.pods_per_node, tmp)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
         return
-    run([int(s) for s in args.sizes.split(",")], args.requests, args.pods_per_node, tmp)
+    sizes = [int(size) for size in args.sizes.split(",")]
+    print(details(measure_sizes(sizes, args.requests, args.pods_per_node)))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,129 @@
+"""The benchmark table's arithmetic and formatting (tests.bench.table): no timing here."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from tests.bench.table import (
+    HEADERS,
+    NOT_APPLICABLE,
+    Row,
+    Target,
+    cells,
+    format_quantity,
+    markdown_table,
+    ratio,
+)
+
+
+@pytest.mark.parametrize(
+    ("value", "baseline", "expected"),
+    [
+        (6.0, 5.0, 1.2),
+        (5.0, 5.0, 1.0),
+        (None, 5.0, None),
+        (5.0, None, None),
+        (5.0, 0.0, None),
+        (math.nan, 5.0, None),
+        (5.0, math.nan, None),
+    ],
+)
+def test_ratio_is_value_over_baseline_when_both_are_measured(
+    value: float | None, baseline: float | None, expected: float | None
+) -> None:
+    assert ratio(value, baseline) == (None if expected is None else pytest.approx(expected))
+
+
+@pytest.mark.parametrize(
+    ("target", "value", "ratio_", "met"),
+    [
+        (Target("value", "<", 2.0), 1.99, None, True),
+        (Target("value", "<", 2.0), 2.0, None, False),
+        (Target("ratio", "<=", 1.25), 9.0, 1.25, True),
+        (Target("ratio", "<=", 1.25), 1.0, 1.26, False),
+        (Target("ratio", ">=", 0.5), 1.0, 0.5, True),
+        (Target("ratio", ">=", 0.5), 1.0, 0.11, False),
+        (Target("ratio", ">=", 0.5), 1.0, None, None),
+        (Target("value", "<", 5.0), math.nan, None, None),
+    ],
+)
+def test_target_judges_the_number_it_is_about(
+    target: Target, value: float, ratio_: float | None, met: bool | None
+) -> None:
+    assert target.met(value, ratio_) is met
+
+
+def test_row_met_uses_its_own_ratio() -> None:
+    row = Row(
+        "sched",
+        "500 nodes",
+        value=40.0,
+        unit="pods/s",
+        baseline=100.0,
+        baseline_label="plain",
+        target=Target("ratio", ">=", 0.5),
+    )
+    assert row.ratio == pytest.approx(0.4)
+    assert row.met is False
+    assert Row("rss", "idle", 80.0, "MiB", 60.0).met is None
+
+
+@pytest.mark.parametrize(
+    ("value", "unit", "text"),
+    [
+        (0.5432, "ms", "0.54 ms"),
+        (12.345, "ms", "12.3 ms"),
+        (1234.5, "pods/s", "1,234 pods/s"),
+        (2.0, "ms", "2 ms"),
+        (None, "ms", NOT_APPLICABLE),
+        (math.nan, "ms", NOT_APPLICABLE),
+        (math.inf, "ms", "∞ ms"),
+    ],
+)
+def test_quantities_keep_a_readable_precision(value: float | None, unit: str, text: str) -> None:
+    assert format_quantity(value, unit) == text
+
+
+def test_cells_show_baseline_ratio_target_and_verdict() -> None:
+    row = Row(
+        "pod CREATE p50, GPU pod",
+        "webhook registered",
+        value=6.0,
+        unit="ms",
+        baseline=5.0,
+        baseline_label="not registered",
+        target=Target("ratio", "<=", 1.25),
+    )
+    assert cells(row) == (
+        "pod CREATE p50, GPU pod",
+        "webhook registered",
+        "5 ms (not registered)",
+        "6 ms",
+        "1.20\u00d7",
+        "<= 1.25\u00d7",
+        "yes",
+    )
+
+
+def test_a_row_without_a_value_shows_its_note_and_no_verdict() -> None:
+    row = Row("memory", "", None, "", note="failed: TimeoutError", target=Target("value", "<", 1))
+    values = cells(row)
+    assert values[3] == "failed: TimeoutError"
+    assert values[4] == NOT_APPLICABLE
+    assert values[6] == "not measured"
+
+
+def test_markdown_table_has_a_header_a_separator_and_aligned_rows() -> None:
+    rows = [
+        Row("a", "x", 1.0, "ms", baseline=2.0, target=Target("value", "<", 2.0)),
+        Row("a much longer measure", "y", 3.0, "ms", target=Target("value", "<", 2.0)),
+    ]
+    lines = markdown_table(rows).splitlines()
+    assert len(lines) == 2 + len(rows)
+    assert [cell.strip() for cell in lines[0].strip("|").split("|")] == list(HEADERS)
+    assert set(lines[1]) <= {"|", "-"}
+    assert len({len(line) for line in lines}) == 1  # padded: also reads as plain text
+    assert lines[2].rstrip("| ").endswith("yes")
+    assert lines[3].rstrip("| ").endswith("**no**")
