@@ -25,7 +25,7 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
 from gpumem.objects import metadata, metadata_text
-from webhook.policy import ClusterView
+from webhook.policy import ClassPriority, ClusterView
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +201,7 @@ class ClusterWatch:
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._labels: Mapping[str, Mapping[str, str]] | None = None
-        self._classes: Mapping[str, bool] | None = None
+        self._classes: Mapping[str, _ClassFacts] | None = None
         self._view = ClusterView()
         self._sources = (namespaces, priority_classes)
         self._reflectors = (
@@ -216,7 +216,7 @@ class ClusterWatch:
             Reflector(
                 "priorityclasses",
                 priority_classes,
-                _is_global_default,
+                _class_facts,
                 on_change=self._classes_changed,
                 stopping=self._stopping,
                 retry=retry,
@@ -267,12 +267,18 @@ class ClusterWatch:
             self._publish()
 
     def _publish(self) -> None:
-        classes = self._classes
-        defaults = sorted(name for name, default in (classes or {}).items() if default)
+        classes: Mapping[str, _ClassFacts] | None = self._classes
+        known = classes or {}
+        # As the Priority plugin picks among several global defaults (a race can make two):
+        # the lowest value, here then the first by name.
+        defaults = sorted((f.value, name) for name, f in known.items() if f.global_default)
         self._view = ClusterView(
             namespace_labels=self._labels,
             priority_classes=None if classes is None else frozenset(classes),
-            global_default_class=defaults[0] if defaults else None,
+            global_default_class=defaults[0][1] if defaults else None,
+            class_priorities=MappingProxyType(
+                {name: ClassPriority(f.value, f.preemption_policy) for name, f in known.items()}
+            ),
         )
 
 
@@ -312,5 +318,18 @@ def _labels(obj: RawObject) -> Mapping[str, str]:
     return MappingProxyType({str(k): str(v) for k, v in labels.items()})
 
 
-def _is_global_default(obj: RawObject) -> bool:
-    return obj.get("globalDefault") is True
+@dataclass(frozen=True, slots=True)
+class _ClassFacts:
+    value: int
+    preemption_policy: str | None
+    global_default: bool
+
+
+def _class_facts(obj: RawObject) -> _ClassFacts:
+    value = obj.get("value")
+    policy = obj.get("preemptionPolicy")
+    return _ClassFacts(
+        value=value if isinstance(value, int) and not isinstance(value, bool) else 0,
+        preemption_policy=policy if isinstance(policy, str) and policy else None,
+        global_default=obj.get("globalDefault") is True,
+    )

@@ -28,6 +28,14 @@ AUDIT_SCHEDULER = "scheduler-name"
 Outcome = Literal["patched", "allowed", "denied"]
 
 
+@dataclass(frozen=True, slots=True)
+class ClassPriority:
+    """What the Priority admission plugin copies from a PriorityClass into a pod."""
+
+    value: int
+    preemption_policy: str | None = None
+
+
 @dataclass(frozen=True)
 class ClusterView:
     """What the webhook knows about the cluster, from watches. A field that is None is
@@ -36,6 +44,8 @@ class ClusterView:
     namespace_labels: Mapping[str, Mapping[str, str]] | None = None
     priority_classes: frozenset[str] | None = None
     global_default_class: str | None = None
+    # value and preemptionPolicy by class name, where known (the same watch as the names).
+    class_priorities: Mapping[str, ClassPriority] = field(default_factory=dict)
 
     def labels_of(self, namespace: str) -> Mapping[str, str] | None:
         if self.namespace_labels is None:
@@ -172,13 +182,28 @@ class _Edit:
             self.audit[AUDIT_PRIORITY_CLASS_SKIPPED] = target
             return
         self.draft.set(path, target)
-        # The Priority admission plugin runs again after a webhook changed the pod, and it
-        # rejects a priority integer computed for the old class: let it compute a new one.
-        self.draft.remove(("spec", "priority"))
-        self.draft.remove(("spec", "preemptionPolicy"))
+        # The Priority admission plugin runs again after a webhook changed the pod, and
+        # rejects a priority integer (or preemptionPolicy) that is not the class's. Set the
+        # class's own values where they are known: the plugin then changes nothing, and the
+        # API server does not call this webhook a second time (reinvocationPolicy IfNeeded
+        # reinvokes a webhook when a later plugin changed the pod). Where they are not known,
+        # remove them and let the plugin compute them (at the cost of that second call).
+        self._class_priority(cluster.class_priorities.get(target))
         self.warnings.append(f"set priorityClassName={target} ({source})")
         self.audit[AUDIT_PRIORITY_CLASS] = target
         self.changes["priorityClassName"] = target
+
+    def _class_priority(self, known: ClassPriority | None) -> None:
+        priority, policy = ("spec", "priority"), ("spec", "preemptionPolicy")
+        if known is None:
+            self.draft.remove(priority)
+            self.draft.remove(policy)
+            return
+        self.draft.set(priority, known.value)
+        if known.preemption_policy is None:
+            self.draft.remove(policy)  # the plugin sets none either
+        else:
+            self.draft.set(policy, known.preemption_policy)
 
     def scheduler(self, scheduler_name: str | None) -> None:
         """Send the pod to the policy's scheduler unless it asked for a specific one."""

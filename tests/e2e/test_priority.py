@@ -52,9 +52,14 @@ def test_gpu_pods_get_their_namespace_class_and_priority(
         labelled: (policy["namespaceLabels"]["tier"]["1"], policy["defaults"]["gpumemMiB"]),
     }
     for namespace, (class_name, gpumem) in expected.items():
+        calls = local_vramguard.webhook_metric("vramguard_webhook_requests_total")
         core_v1.create_namespaced_pod(
             namespace, gpu_pod("gpu", namespace=namespace, node_name_selector=node)
         )
+        # One call per create: the webhook sets the class's priority and preemptionPolicy
+        # itself, so the Priority plugin, run again after it, changes nothing and the API
+        # server does not reinvoke it (reinvocationPolicy IfNeeded).
+        assert local_vramguard.webhook_metric("vramguard_webhook_requests_total") == calls + 1
         pod = core_v1.read_namespaced_pod("gpu", namespace)
         assert pod.spec.priority_class_name == class_name, namespace
         assert pod.spec.priority == class_value(scheduling, class_name), namespace

@@ -19,7 +19,7 @@ from webhook.cluster import (
     Retry,
     api_client,
 )
-from webhook.policy import ClusterView
+from webhook.policy import ClassPriority, ClusterView
 
 FAST = Retry(first=0.01, longest=0.05, min_watch=0.01)
 
@@ -93,8 +93,8 @@ def running() -> Iterator[Callable[[ScriptedSource, ScriptedSource], ClusterWatc
 NAMESPACES = ([obj("immich", labels={"tier": "1"}), obj("plain")], "10")
 CLASSES = (
     [
-        obj("tier-1-gpu"),
-        obj("cluster-default", globalDefault=True),
+        obj("tier-1-gpu", value=800000, preemptionPolicy="PreemptLowerPriority"),
+        obj("cluster-default", globalDefault=True, value=100),
         obj("off", globalDefault=False),
     ],
     "20",
@@ -116,6 +116,8 @@ def test_lists_become_the_view(running: Any) -> None:
     assert view.labels_of("unseen") is None
     assert view.priority_classes == {"tier-1-gpu", "cluster-default", "off"}
     assert view.global_default_class == "cluster-default"
+    assert view.class_priorities["tier-1-gpu"] == ClassPriority(800000, "PreemptLowerPriority")
+    assert view.class_priorities["off"] == ClassPriority(0, None)
 
 
 def test_watch_events_update_the_view(running: Any) -> None:
@@ -131,7 +133,7 @@ def test_watch_events_update_the_view(running: Any) -> None:
         ],
     )
     classes = ScriptedSource(
-        [CLASSES], [[("MODIFIED", obj("tier-1-gpu", "21", globalDefault=True))]]
+        [CLASSES], [[("MODIFIED", obj("tier-1-gpu", "21", globalDefault=True, value=800000))]]
     )
     cluster = running(namespaces, classes)
     wait_for(lambda: len(namespaces.watched_from) == 2 and len(classes.watched_from) == 2)
@@ -139,7 +141,8 @@ def test_watch_events_update_the_view(running: Any) -> None:
     assert view.labels_of("new") == {"tier": "0"}
     assert view.labels_of("immich") == {"tier": "2"}
     assert view.labels_of("plain") is None
-    assert view.global_default_class == "cluster-default"  # two defaults: the first by name
+    # Two defaults (a race can make them): the lowest value, as the Priority plugin picks.
+    assert view.global_default_class == "cluster-default"
     # The next watch resumes from the last version seen, bookmarks included.
     assert namespaces.watched_from == ["10", "15"]
     assert classes.watched_from == ["20", "21"]

@@ -20,7 +20,7 @@ from tests.unit.webhook.factories import (
     make_policy,
     pod,
 )
-from webhook.policy import ClusterView, Decision
+from webhook.policy import ClassPriority, ClusterView, Decision
 
 
 def summary(original: dict[str, Any], decision: Decision) -> dict[str, Any]:
@@ -123,6 +123,50 @@ CLASS_CASES = [
         CLUSTER,
         {"class": None, "priority": 0},
         id="namespace with priorityClassName null: no class injected",
+    ),
+]
+
+
+# With the classes' values known (the webhook's PriorityClass watch), the webhook sets what the
+# Priority admission plugin would: the plugin, run again after the webhook, changes nothing,
+# so the API server does not call the webhook a second time.
+VALUES = ClusterView(
+    namespace_labels=CLUSTER.namespace_labels,
+    priority_classes=CLUSTER.priority_classes,
+    global_default_class="cluster-default",
+    class_priorities={
+        "tier-1-gpu": ClassPriority(800000, "PreemptLowerPriority"),
+        "tier-2-gpu": ClassPriority(600000, "Never"),
+        "cluster-default": ClassPriority(100),
+    },
+)
+CLASS_CASES += [
+    pytest.param(
+        pod(),
+        VALUES,
+        {"class": "tier-1-gpu", "priority": 800000, "preemptionPolicy": "PreemptLowerPriority"},
+        id="class values known: priority and preemptionPolicy are the class's",
+    ),
+    pytest.param(
+        pod(namespace="other", priorityClassName="cluster-default", priority=100),
+        VALUES,
+        {"class": "tier-2-gpu", "priority": 600000, "preemptionPolicy": "Never"},
+        id="globalDefault replaced: the new class's values, Never included",
+    ),
+    pytest.param(
+        pod(namespace="labelled"),
+        VALUES,
+        {"class": "tier-0-core", "priority": None, "preemptionPolicy": None},
+        id="class known by name only: priority fields removed for the plugin to compute",
+    ),
+    pytest.param(
+        pod(namespace="other", preemptionPolicy=None),
+        ClusterView(
+            priority_classes=frozenset({"tier-2-gpu"}),
+            class_priorities={"tier-2-gpu": ClassPriority(600000)},
+        ),
+        {"class": "tier-2-gpu", "priority": 600000, "preemptionPolicy": None},
+        id="class without preemptionPolicy: none set",
     ),
 ]
 
