@@ -8,6 +8,7 @@ webhook rewrites every declaration into the integer MiB this module computes.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from fractions import Fraction
@@ -35,6 +36,9 @@ _QUANTITY = re.compile(
 )
 # Anything above this is a typo or an attack, not a GPU; it also keeps Fraction arithmetic cheap.
 _MAX_EXPONENT = 30
+# Distinct quantity strings remembered (a cluster uses a handful: "1024", "8Gi", ...); the
+# extender reads every GPU pod's on each watch event and the Fraction arithmetic is its cost.
+_CACHED_TEXTS = 1024
 
 
 class QuantityError(ValueError):
@@ -47,14 +51,20 @@ def parse_mib(value: object) -> int:
     Rounding up is the safe side: a pod that says 0.5 MiB still takes memory.
     Raises QuantityError for anything that is not a non-negative quantity.
     """
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
+    if isinstance(value, str):
+        return _parse_text(value.strip())
+    if isinstance(value, bool) or not isinstance(value, int | float):
         raise QuantityError(f"quantity must be a string or a number, not {type(value).__name__}")
     if isinstance(value, float):
         if not math.isfinite(value):
             raise QuantityError(f"quantity {value!r} is not finite")
-        text = repr(value)
-    else:
-        text = str(value).strip()
+        return _parse_text(repr(value))
+    return _parse_text(str(value))
+
+
+@functools.lru_cache(maxsize=_CACHED_TEXTS)
+def _parse_text(text: str) -> int:
+    """parse_mib of a stripped string; errors are raised, not remembered."""
     match = _QUANTITY.match(text)
     if match is None:
         raise QuantityError(f"{text!r} is not a Kubernetes quantity (e.g. 3000, 5k, 3Gi)")

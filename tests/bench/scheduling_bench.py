@@ -42,6 +42,7 @@ from tests.bench.kube import (
     BindWatch,
     RawApi,
     count_bound,
+    cpu_seconds,
     create_namespace,
     create_nodes,
     create_pod,
@@ -81,6 +82,10 @@ class Arm:
     # extender's filter and prioritize, round trips included), ms.
     algorithm_ms: float = float("nan")
     watch_reconnects: int = 0
+    # CPU time per bound pod, ms, from just before the scheduler starts until every pod is
+    # bound: the extender's (its idle work in that span included) and the scheduler's.
+    extender_cpu_ms: float = float("nan")
+    scheduler_cpu_ms: float = float("nan")
 
 
 def throughput(bound_at: Sequence[float]) -> tuple[float, float]:
@@ -168,14 +173,20 @@ class SchedulingBench:
             self.threads,
         )
         watch = BindWatch(self.api, namespace)
+        extender_pid = self.vramguard.extender_process.pid
+        extender_cpu = cpu_seconds(extender_pid) if extender_pid else float("nan")
         try:
-            self.cluster.start_scheduler(SCHEDULER_NAME, self.configs[config])
+            scheduler_process = self.cluster.start_scheduler(SCHEDULER_NAME, self.configs[config])
             try:
                 try:
                     watch.wait(pods, timeout)
                 except TimeoutError as err:
                     bound, total = count_bound(self.api, namespace)
                     raise TimeoutError(f"{arm}: {err}; the API has {bound}/{total} bound") from err
+                if extender_pid:
+                    arm.extender_cpu_ms = 1000 * (cpu_seconds(extender_pid) - extender_cpu) / pods
+                if scheduler_process.pid:
+                    arm.scheduler_cpu_ms = 1000 * cpu_seconds(scheduler_process.pid) / pods
                 text = self.cluster.scheduler_metrics(SCHEDULER_NAME)
                 arm.failed_attempts = sum(
                     counter(text, SCHEDULED, profile=SCHEDULER_NAME, result=result)
@@ -203,7 +214,8 @@ class SchedulingBench:
             )
         print(
             f"  {kind} pods, {config:<8} {self.nodes:>5} nodes: {pods} bound in "
-            f"{arm.seconds:.2f} s, {arm.rate:.0f} pods/s",
+            f"{arm.seconds:.2f} s, {arm.rate:.0f} pods/s, extender CPU "
+            f"{arm.extender_cpu_ms:.2f} ms/pod",
             file=sys.stderr,
             flush=True,
         )
@@ -274,17 +286,20 @@ def rows(arms: Sequence[Arm]) -> list[Row]:
 def details(arms: Sequence[Arm]) -> str:
     lines = [
         f"{'pods':<8} {'config':<9} {'nodes':>6} {'count':>6} {'seconds':>8} {'pods/s':>7} "
-        f"{'algorithm ms':>12} {'failed attempts':>15}"
+        f"{'algorithm ms':>12} {'failed attempts':>15} {'extender cpu':>12} {'sched cpu':>9}"
     ]
     for a in arms:
         lines.append(
             f"{a.kind:<8} {a.config:<9} {a.nodes:>6} {a.pods:>6} {a.seconds:>8.2f} "
-            f"{a.rate:>7.1f} {a.algorithm_ms:>12.2f} {a.failed_attempts:>15.0f}"
+            f"{a.rate:>7.1f} {a.algorithm_ms:>12.2f} {a.failed_attempts:>15.0f} "
+            f"{a.extender_cpu_ms:>12.2f} {a.scheduler_cpu_ms:>9.2f}"
         )
     lines.append(
         "algorithm ms: the scheduler's mean scheduling_algorithm_duration per pod (filter and "
         "score,\nthe extender's round trips included); binding runs beside it. pods/s: median "
-        "over repeats in the summary."
+        "over repeats in the summary.\nextender cpu, sched cpu: CPU ms per pod of "
+        "the extender (from the scheduler's start until every pod is bound, idle work\n"
+        "included) and of kube-scheduler (its whole life, start-up included)."
     )
     restarts = sum(a.watch_reconnects for a in arms)
     if restarts:
