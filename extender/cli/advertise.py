@@ -16,7 +16,6 @@ are logged and retried, since the apiserver may just be restarting.
 from __future__ import annotations
 
 import argparse
-import http.server
 import logging
 import sys
 import threading
@@ -25,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from extender.advertise import Advertiser, NodeAPIError
-from extender.cli import arguments
+from extender.cli import common
+from extender.cli.probes import TEXT, ProbeServer
 from extender.cluster import KubernetesNodes, core_api
 from gpumem.policy import Policy
 from gpumem.policy_file import PolicyError, PolicyFile
@@ -60,7 +60,7 @@ def register(subcommands: Any) -> None:
     )
     add(
         "--interval",
-        type=arguments.seconds(positive=True),
+        type=common.seconds(positive=True),
         default=DEFAULT_INTERVAL_SECONDS,
         metavar="SECONDS",
         help=f"seconds between passes (default {DEFAULT_INTERVAL_SECONDS:g})",
@@ -124,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
         if args.once:
             return FAILED if result.failed else 0
         stop = threading.Event()
-        arguments.stop_on_signals(stop)
+        common.stop_on_signals(stop)
         advertiser.loop(args.interval, stop, first_pass_done=True)
         return 0
     finally:
@@ -132,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
             health.stop()
 
 
-class HealthServer:
+class HealthServer(ProbeServer):
     """GET /healthz: 200 while the loop is alive (a pass ended within `stale_after` seconds,
     or the first one is still running); GET /readyz: 200 when the last pass could read the
     nodes. Plain HTTP on every address, for the kubelet: it says nothing but "ok"."""
@@ -140,22 +140,7 @@ class HealthServer:
     def __init__(self, advertiser: Advertiser, port: int, *, stale_after: float) -> None:
         self._advertiser = advertiser
         self._stale_after = stale_after
-        self._server = http.server.ThreadingHTTPServer(("", port), self._handler())
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="vramguard-advertise-health", daemon=True
-        )
-
-    @property
-    def port(self) -> int:
-        return int(self._server.server_address[1])
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        super().__init__(self._respond, port, name="vramguard-advertise-health")
 
     def answer(self, path: str) -> tuple[int, str]:
         advertiser = self._advertiser
@@ -170,23 +155,9 @@ class HealthServer:
             return 503, "the last pass could not read the nodes" if ended else "no pass yet"
         return 404, "not found"
 
-    def _handler(self) -> type[http.server.BaseHTTPRequestHandler]:
-        health = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                status, text = health.answer(self.path.split("?", 1)[0])
-                body = (text + "\n").encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "text/plain; charset=utf-8")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-                return  # a probe every few seconds is noise
-
-        return Handler
+    def _respond(self, path: str) -> tuple[int, str, bytes]:
+        status, text = self.answer(path)
+        return status, TEXT, (text + "\n").encode()
 
 
 def _print(line: str) -> None:

@@ -28,17 +28,15 @@ declared budgets alone).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from extender.cli import readings
+from extender.cli import common, readings
 from extender.explain import scheduling_pod
 from extender.report import (
     LiveRead,
-    PodExplanation,
     explain_report,
     explanation_json,
     render_explanation,
@@ -109,7 +107,11 @@ def run(args: argparse.Namespace) -> int:
         served_scheduler=args.scheduler_name or policy.scheduler_name or DEFAULT_SCHEDULER,
         live=live,
     )
-    _show(report, args.output)
+    common.show(
+        args.output,
+        lambda: explanation_json(report),
+        lambda colour: render_explanation(report, colour=colour),
+    )
     if pod.demand_error is not None:
         return PARTIAL  # the policy reads its resources differently from the apiserver
     return result
@@ -127,15 +129,6 @@ def find_pod(
         ):
             return raw
     return None
-
-
-def _show(report: PodExplanation, output: str) -> None:
-    if output == "json":
-        print(json.dumps(explanation_json(report), indent=2), flush=True)
-        return
-    for line in render_explanation(report, colour=sys.stdout.isatty()):
-        print(line)
-    sys.stdout.flush()
 
 
 def _fail(message: str, status: int) -> int:

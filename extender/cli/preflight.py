@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from extender.cli import arguments, readings
+from extender.cli import common, readings
 from extender.report import preflight, render_preflight
 from gpumem.policy_file import PolicyError
 
@@ -39,11 +39,11 @@ def register(subcommands: Any) -> None:
         "stale. Prints the arithmetic per node.",
     )
     add = parser.add_argument
-    add("--need", type=arguments.mib, required=True, metavar="MIB", help="MiB the job needs")
+    add("--need", type=common.mib, required=True, metavar="MIB", help="MiB the job needs")
     add("--node", metavar="NAME", help="only this node (default: any GPU node)")
     add(
         "--floor",
-        type=arguments.mib,
+        type=common.mib,
         metavar="MIB",
         help="MiB to keep free on top (default: the policy's extender.floorMiB)",
     )

@@ -17,14 +17,12 @@ without live figures).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
-from extender.cli import readings
+from extender.cli import common, readings
 from extender.report import (
-    Status,
     render_status,
     status_from_debug,
     status_from_snapshot,
@@ -84,17 +82,12 @@ def run(args: argparse.Namespace) -> int:
         return _fail(str(err), FAILED)
     except ValueError as err:  # an extender snapshot of another shape
         return _fail(str(err), FAILED)
-    _show(status, args.output)
+    common.show(
+        args.output,
+        lambda: status_json(status),
+        lambda colour: render_status(status, colour=colour),
+    )
     return result
-
-
-def _show(status: Status, output: str) -> None:
-    if output == "json":
-        print(json.dumps(status_json(status), indent=2), flush=True)
-        return
-    for line in render_status(status, colour=sys.stdout.isatty()):
-        print(line)
-    sys.stdout.flush()
 
 
 def _fail(message: str, status: int) -> int:

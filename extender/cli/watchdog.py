@@ -27,7 +27,6 @@ unreadable policy or kubeconfig; --once: the cluster or Prometheus could not be 
 from __future__ import annotations
 
 import argparse
-import http.server
 import json
 import logging
 import os
@@ -50,7 +49,8 @@ from prometheus_client import (
     generate_latest,
 )
 
-from extender.cli import arguments, readings
+from extender.cli import common, readings
+from extender.cli.probes import TEXT, ProbeServer
 from extender.cluster import core_api
 from extender.snapshot import PodView
 from extender.watchdog import (
@@ -103,27 +103,27 @@ def register(subcommands: Any) -> None:
     add("--kubeconfig", type=Path, help="kubeconfig (default: in-cluster, else ~/.kube/config)")
     add(
         "--interval",
-        type=arguments.seconds(positive=True),
+        type=common.seconds(positive=True),
         default=DEFAULT_INTERVAL_SECONDS,
         metavar="SECONDS",
         help=f"seconds between cycles (default {DEFAULT_INTERVAL_SECONDS:g})",
     )
     add(
         "--floor",
-        type=arguments.mib,
+        type=common.mib,
         metavar="MIB",
         help="act only below this much live free VRAM (default: the policy's "
         "extender.floorMiB, following reloads)",
     )
     add(
         "--emergency-floor",
-        type=arguments.mib,
+        type=common.mib,
         metavar="MIB",
         help="below this, act even when no pod is Pending (default: half the floor)",
     )
     add(
         "--cooldown",
-        type=arguments.seconds(positive=False),
+        type=common.seconds(positive=False),
         default=DEFAULT_COOLDOWN_SECONDS,
         metavar="SECONDS",
         help="after a recycle on a node, wait this long before the next one there, for the "
@@ -139,14 +139,14 @@ def register(subcommands: Any) -> None:
     )
     add(
         "--dry-run",
-        type=arguments.boolean,
+        type=common.boolean,
         metavar="true|false",
         help="log recycles without deleting anything (default: $DRY_RUN, else true)",
     )
     add("--once", action="store_true", help="one cycle, then exit")
     add(
         "--metrics-port",
-        type=arguments.port,
+        type=common.port,
         metavar="PORT",
         help="serve /metrics, /healthz and /readyz in plain HTTP on this port",
     )
@@ -228,7 +228,7 @@ def run(args: argparse.Namespace) -> int:
         server = MetricsServer(watchdog, args.metrics_port, stale_after=3 * args.interval + 180)
         server.start()
     stop = threading.Event()
-    arguments.stop_on_signals(stop)
+    common.stop_on_signals(stop)
     try:
         watchdog.loop(stop)
     finally:
@@ -243,7 +243,7 @@ def _dry_run_from_environment() -> bool:
     if text is None or not text.strip():
         return True
     try:
-        return arguments.parse_boolean(text)
+        return common.parse_boolean(text)
     except ValueError:
         raise ValueError(f"DRY_RUN={text!r}: not true or false") from None
 
@@ -584,7 +584,7 @@ def _q(text: str) -> str:
 # --- Serving metrics -----------------------------------------------------------------------------
 
 
-class MetricsServer:
+class MetricsServer(ProbeServer):
     """GET /metrics; /healthz: 200 while cycles keep ending (one ended within `stale_after`
     seconds, or the first is still running); /readyz: 200 while serving, so that a watchdog
     that cannot read the cluster or Prometheus stays scraped and its error counters seen.
@@ -594,22 +594,7 @@ class MetricsServer:
         self._watchdog = watchdog
         self._stale_after = stale_after
         self._started = time.monotonic()
-        self._server = http.server.ThreadingHTTPServer(("", port), self._handler())
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="vramguard-watchdog-metrics", daemon=True
-        )
-
-    @property
-    def port(self) -> int:
-        return int(self._server.server_address[1])
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        super().__init__(self.answer, port, name="vramguard-watchdog-metrics")
 
     def answer(self, path: str) -> tuple[int, str, bytes]:
         if path == "/metrics":
@@ -618,31 +603,11 @@ class MetricsServer:
             ended = self._watchdog.last_cycle_ended
             since = time.monotonic() - (ended if ended is not None else self._started)
             if since <= self._stale_after:
-                return 200, _TEXT, b"ok\n"
-            return 503, _TEXT, f"no cycle ended in the last {self._stale_after:g} s\n".encode()
+                return 200, TEXT, b"ok\n"
+            return 503, TEXT, f"no cycle ended in the last {self._stale_after:g} s\n".encode()
         if path == "/readyz":
-            return 200, _TEXT, b"ok\n"
-        return 404, _TEXT, b"not found\n"
-
-    def _handler(self) -> type[http.server.BaseHTTPRequestHandler]:
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                status, content_type, body = server.answer(self.path.split("?", 1)[0])
-                self.send_response(status)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-                return  # a probe or a scrape every few seconds is noise
-
-        return Handler
-
-
-_TEXT = "text/plain; charset=utf-8"
+            return 200, TEXT, b"ok\n"
+        return 404, TEXT, b"not found\n"
 
 
 def _fail(message: str, status: int) -> int:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from extender.advertise import Advertiser, NodeAPIError
-from extender.cli import advertise, arguments, build_parser, main
+from extender.cli import advertise, build_parser, common, main
 from extender.cli.advertise import HealthServer
 from tests.unit.extender.factories import GPUMEM, make_node, make_policy
 from tests.unit.extender.test_advertise import FakeNodes, gpu_node
@@ -136,7 +136,7 @@ def test_the_loop_runs_after_a_first_pass(
         looped.append((interval, first_pass_done))
 
     monkeypatch.setattr(advertise.Advertiser, "loop", loop)
-    monkeypatch.setattr(arguments, "stop_on_signals", lambda stop: None)
+    monkeypatch.setattr(common, "stop_on_signals", lambda stop: None)
     assert main(["advertise", "--interval", "7"]) == 0
     assert looped == [(7.0, True)]
     assert fake_api.patches, "the first pass ran before the loop"

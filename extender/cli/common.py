@@ -1,14 +1,17 @@
 """What the operator commands share besides their readings: argument types that turn a bad
-value into argparse's one-line usage error, and the signal handling of the looping commands
-(`advertise`, `watchdog`)."""
+value into argparse's one-line usage error, printing a report as a table or JSON, one-line
+failures, and the signal handling of the looping commands (`advertise`, `watchdog`)."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import signal
+import sys
 import threading
 from collections.abc import Callable
 from types import FrameType
+from typing import Any
 
 MAX_SECONDS = 86400.0
 _TRUE = frozenset({"true", "1", "yes", "on"})
@@ -80,3 +83,13 @@ def stop_on_signals(stop: threading.Event) -> None:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, handle)
+
+
+def show(output: str, as_json: Callable[[], Any], as_lines: Callable[[bool], list[str]]) -> None:
+    """Print a report: `-o json`, or its lines (coloured only on a terminal)."""
+    if output == "json":
+        print(json.dumps(as_json(), indent=2), flush=True)
+        return
+    for line in as_lines(sys.stdout.isatty()):
+        print(line)
+    sys.stdout.flush()
