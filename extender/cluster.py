@@ -28,10 +28,12 @@ from extender.metrics import ExtenderMetrics
 from extender.pending import (
     EVENT_COMPONENT,
     EVENT_REASON,
+    FITS_CONDITION,
     EventExists,
     EventMissing,
     EventRequest,
     EventWriteError,
+    NudgeRequest,
 )
 from extender.snapshot import GFD_MEMORY_LABEL, ClusterStore
 
@@ -368,6 +370,41 @@ class KubernetesEvents:
             raise EventWriteError(f"patching an event: {err.status} {_api_message(err)}") from err
         except Exception as err:
             raise EventWriteError(f"patching an event: {_cause(err)}") from err
+        _release(response)
+
+    def nudge(self, request: NudgeRequest, now: float) -> None:
+        """Set the pod's FITS_CONDITION condition (a strategic merge on the conditions' type,
+        so kube-scheduler's PodScheduled and the kubelet's are left alone). The uid in the
+        patch is a precondition: a pod recreated under the same name is not touched."""
+        patch = {
+            "metadata": {"uid": request.pod_uid},
+            "status": {
+                "conditions": [
+                    {
+                        "type": FITS_CONDITION,
+                        "status": "True",
+                        "reason": "FitsNow",
+                        "message": request.message,
+                        "lastTransitionTime": _rfc3339(now),
+                    }
+                ]
+            },
+        }
+        try:
+            response = self._core.patch_namespaced_pod_status(
+                request.pod_name,
+                request.namespace,
+                patch,
+                _content_type="application/strategic-merge-patch+json",
+                _preload_content=False,
+                _request_timeout=self._timeout,
+            )
+        except ApiException as err:
+            raise EventWriteError(
+                f"setting {FITS_CONDITION} on a pod: {err.status} {_api_message(err)}"
+            ) from err
+        except Exception as err:
+            raise EventWriteError(f"setting {FITS_CONDITION} on a pod: {_cause(err)}") from err
         _release(response)
 
 

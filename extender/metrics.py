@@ -91,7 +91,9 @@ class ExtenderMetrics:
             PREFIX + "explanations_total",
             "GPUMemoryUnavailable events explaining Pending GPU pods, by result: created, "
             "refreshed (count bumped), duplicate (already written, by another replica or "
-            "before a restart), dropped (queue full; tried again), error (API refused).",
+            "before a restart), dropped (queue full; tried again), error (API refused), nudged "
+            "(a Pending pod fits now: its vramguard.io/GPUMemoryFits condition was set so "
+            "kube-scheduler tries it again).",
             ["result"],
             registry=r,
         )

@@ -10,8 +10,15 @@ Three parts, each on its own thread:
   saying (EventThrottle) on a small bounded queue; when the queue is full the Event is dropped,
   counted, and tried again on the next pass.
 - the recorder takes Events off the queue and writes them through an EventSink
-  (extender.cluster.KubernetesEvents), the only API call of the feature. A failure is counted
+  (extender.cluster.KubernetesEvents), the only API calls of the feature. A failure is counted
   and logged once per change of what goes wrong.
+
+A Pending pod that fits somewhere now (VRAM freed since the scheduler gave up) gets no Event
+but a nudge: a `vramguard.io/GPUMemoryFits` condition in its status. Nothing else tells
+kube-scheduler that live VRAM came free, so the pod would wait for an unrelated cluster event
+or podMaxInUnschedulablePodsDuration (5 minutes); the status update is a pod update, which
+requeues a pod that only the extender refused (kube-scheduler's queueing hints, on by default
+since 1.32). One nudge per pod and set of fitting nodes, at most one per min_interval.
 
 No API read anywhere: the pod watch and the snapshot are all it knows.
 """
@@ -27,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from extender.explain import Action, EventThrottle, PendingPod, event_name, explain_pod, pending_pod
+from extender.fit import PREFIX
 from extender.metrics import ExtenderMetrics
 from extender.snapshot import ClusterStore
 from gpumem.policy import Policy
@@ -36,7 +44,8 @@ log = logging.getLogger(__name__)
 EVENT_REASON = "GPUMemoryUnavailable"
 EVENT_COMPONENT = "vramguard-extender"
 QUEUE_SIZE = 32
-Result = Literal["created", "refreshed", "duplicate", "dropped", "error"]
+FITS_CONDITION = "vramguard.io/GPUMemoryFits"
+Result = Literal["created", "refreshed", "duplicate", "dropped", "error", "nudged"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +60,16 @@ class EventRequest:
     message: str
     count: int
     key: str
+
+
+@dataclass(frozen=True, slots=True)
+class NudgeRequest:
+    """Tell kube-scheduler that a Pending pod fits now (a condition in the pod's status)."""
+
+    namespace: str
+    pod_name: str
+    pod_uid: str
+    message: str
 
 
 class EventExists(Exception):
@@ -75,6 +94,9 @@ class EventSink(Protocol):
 
     def refresh(self, request: EventRequest, now: float) -> None:
         """Set its count, message and last timestamp; raise EventMissing or EventWriteError."""
+
+    def nudge(self, request: NudgeRequest, now: float) -> None:
+        """Set the pod's FITS_CONDITION; raise EventWriteError."""
 
 
 class PendingExplainer:
@@ -103,7 +125,10 @@ class PendingExplainer:
         self._pending: dict[str, PendingPod] = {}
         self._throttle = EventThrottle(min_interval, refresh_interval)
         self._throttle_lock = threading.Lock()
-        self._queue: queue.Queue[EventRequest] = queue.Queue(maxsize=queue_size)
+        self._queue: queue.Queue[EventRequest | NudgeRequest] = queue.Queue(maxsize=queue_size)
+        # uid -> (the nodes it was said to fit on, when): one nudge per pod and answer.
+        self._nudged: dict[str, tuple[str, float]] = {}
+        self._min_interval = min_interval
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -175,6 +200,9 @@ class PendingExplainer:
         queued = 0
         with self._throttle_lock:
             self._throttle.retain(pod.uid for pod in pending)
+            keep = {pod.uid for pod in pending}
+            for uid in [u for u in self._nudged if u not in keep]:
+                del self._nudged[uid]
         for pod in pending:
             with self._throttle_lock:
                 if not self._throttle.due(pod.uid, now):
@@ -183,7 +211,9 @@ class PendingExplainer:
                 pod, snapshot.nodes, settings, now, resource=policy.gpumem_resource_name
             )
             if not explanation.explains:
-                continue  # it fits somewhere now: the scheduler's next try will place it
+                # It fits somewhere now: ask kube-scheduler to try again.
+                queued += self._nudge(pod, explanation.fits_on, now)
+                continue
             key = explanation.key
             with self._throttle_lock:
                 action = self._throttle.decide(pod.uid, key, now)
@@ -209,6 +239,28 @@ class PendingExplainer:
             queued += 1
         return queued
 
+    def _nudge(self, pod: PendingPod, fits_on: tuple[str, ...], now: float) -> int:
+        key = ",".join(fits_on)
+        with self._throttle_lock:
+            said = self._nudged.get(pod.uid)
+            if said is not None and (said[0] == key or now - said[1] < self._min_interval):
+                return 0
+            more = len(fits_on) - 3
+            shown = ", ".join(fits_on[:3]) + (f" and {more} more" if more > 0 else "")
+            request = NudgeRequest(
+                namespace=pod.namespace,
+                pod_name=pod.name,
+                pod_uid=pod.uid,
+                message=f"{PREFIX}fits now on {shown}; asking kube-scheduler to try again",
+            )
+            try:
+                self._queue.put_nowait(request)
+            except queue.Full:
+                self._count("dropped")
+                return 0
+            self._nudged[pod.uid] = (key, now)
+        return 1
+
     # -- the recorder --
 
     def record_once(self, timeout: float = 0.0) -> bool:
@@ -223,11 +275,14 @@ class PendingExplainer:
             self._queue.task_done()
         return True
 
-    def _write(self, request: EventRequest) -> None:
+    def _write(self, request: EventRequest | NudgeRequest) -> None:
         now = self._clock()
         result: Result
         try:
-            if request.action == "refresh":
+            if isinstance(request, NudgeRequest):
+                self._sink.nudge(request, now)
+                result = "nudged"
+            elif request.action == "refresh":
                 try:
                     self._sink.refresh(request, now)
                     result = "refreshed"
@@ -242,7 +297,13 @@ class PendingExplainer:
         except EventWriteError as err:
             self._count("error")
             with self._throttle_lock:
-                self._throttle.failed(request.pod_uid, request.key)
+                if isinstance(request, NudgeRequest):
+                    # Said to nothing: again once min_interval has passed.
+                    said = self._nudged.get(request.pod_uid)
+                    if said is not None:
+                        self._nudged[request.pod_uid] = ("", said[1])
+                else:
+                    self._throttle.failed(request.pod_uid, request.key)
             if err.problem != self._write_problem:
                 self._write_problem = err.problem
                 log.warning(

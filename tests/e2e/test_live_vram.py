@@ -13,7 +13,6 @@ import pytest
 from .harness import (
     LocalVramguard,
     gpu_pod,
-    label_node,
     wait_for_pod_node,
     wait_for_unschedulable_message,
 )
@@ -71,15 +70,14 @@ def test_pod_waits_for_live_vram_then_schedules(
 
     # The model is unloaded: usage is back to normal.
     card.set_usage(llama.pod, llama.uses_mib)
-    # The scheduler keeps an unschedulable pod until a cluster event might help it, or until
-    # podMaxInUnschedulablePodsDuration (5 min; only a deprecated command-line flag sets it) has
-    # passed. More free VRAM is not a cluster event, so a Node update stands in for one: a
-    # pod that an extender refused is requeued on any event (kube-scheduler cannot know
-    # what the extender waits for) and retried after its backoff (1 s doubling up to 10 s).
-    # In a live cluster other events (pods coming and going, node status updates) do this
-    # sooner or later; nothing in vramguard triggers the retry itself.
-    label_node(core_v1, node, {"e2e.vramguard.io/retry": "1"})
+    # Nothing in the cluster changed but the VRAM: kube-scheduler keeps the pod until a
+    # cluster event might help it, or podMaxInUnschedulablePodsDuration (5 min). The
+    # extender sees the pod fits now and sets its vramguard.io/GPUMemoryFits condition, a
+    # pod update that requeues it (retried after its backoff); no other nudge here.
     assert wait_for_pod_node(core_v1, namespace, NEWCOMER.pod, timeout=60) == node
+    conditions = core_v1.read_namespaced_pod(NEWCOMER.pod, namespace).status.conditions
+    fits = [c for c in conditions if c.type == "vramguard.io/GPUMemoryFits"]
+    assert [(c.status, c.reason) for c in fits] == [("True", "FitsNow")], conditions
 
 
 def test_per_pod_usage_from_a_pod_exporter(
@@ -128,5 +126,5 @@ def test_per_pod_usage_from_a_pod_exporter(
         ), message
 
         report(llama, llama.uses_mib)
-        label_node(core_v1, node, {"e2e.vramguard.io/retry": "1"})  # see the test above
+        # No nudge: the extender's GPUMemoryFits condition requeues it (see the test above).
         assert wait_for_pod_node(core_v1, namespace, NEWCOMER.pod, timeout=60) == node

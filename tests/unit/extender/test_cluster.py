@@ -20,7 +20,13 @@ from extender.cluster import (
     pod_watch,
 )
 from extender.metrics import ExtenderMetrics
-from extender.pending import EventExists, EventMissing, EventRequest, EventWriteError
+from extender.pending import (
+    EventExists,
+    EventMissing,
+    EventRequest,
+    EventWriteError,
+    NudgeRequest,
+)
 from extender.snapshot import ClusterStore
 from tests.unit.extender.factories import make_node, make_pod, make_policy
 
@@ -394,6 +400,11 @@ class FakeEventAPI:
     ) -> FakeResponse:
         return self._record("patch", name, namespace, body, **kwargs)
 
+    def patch_namespaced_pod_status(
+        self, name: str, namespace: str, body: Any, **kwargs: Any
+    ) -> FakeResponse:
+        return self._record("pod-status", name, namespace, body, **kwargs)
+
 
 EVENT_TIME = 1_700_000_000.0  # 2023-11-14T22:13:20Z
 
@@ -452,6 +463,40 @@ def test_events_refresh_merge_patches_count_message_and_last_timestamp() -> None
         "message": event_request().message,
     }
     assert kwargs["_content_type"] == "application/merge-patch+json"
+
+
+def test_a_nudge_sets_one_condition_by_strategic_merge_with_the_uid_as_precondition() -> None:
+    core = FakeEventAPI()
+    request = NudgeRequest("team-a", "incoming", "uid-1", "vramguard: fits now on node-a")
+    events_client(core).nudge(request, EVENT_TIME)
+    [(name, (pod, namespace, patch), kwargs)] = core.calls
+    assert (name, pod, namespace) == ("pod-status", "incoming", "team-a")
+    assert patch == {
+        "metadata": {"uid": "uid-1"},
+        "status": {
+            "conditions": [
+                {
+                    "type": "vramguard.io/GPUMemoryFits",
+                    "status": "True",
+                    "reason": "FitsNow",
+                    "message": "vramguard: fits now on node-a",
+                    "lastTransitionTime": "2023-11-14T22:13:20Z",
+                }
+            ]
+        },
+    }
+    # Merged by condition type: kube-scheduler's PodScheduled condition stays as it is.
+    assert kwargs["_content_type"] == "application/strategic-merge-patch+json"
+
+
+def test_a_refused_nudge_is_one_line() -> None:
+    core = FakeEventAPI(api_error(403, "Forbidden", 'pods "incoming" is forbidden'))
+    request = NudgeRequest("team-a", "incoming", "uid-1", "vramguard: fits now on node-a")
+    with pytest.raises(EventWriteError) as raised:
+        events_client(core).nudge(request, EVENT_TIME)
+    assert str(raised.value) == (
+        'setting vramguard.io/GPUMemoryFits on a pod: 403 pods "incoming" is forbidden'
+    )
 
 
 def api_error(status: int, reason: str, message: str) -> ApiException:

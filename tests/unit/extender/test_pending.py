@@ -17,6 +17,7 @@ from extender.pending import (
     EventMissing,
     EventRequest,
     EventWriteError,
+    NudgeRequest,
     PendingExplainer,
 )
 from extender.snapshot import ClusterStore
@@ -36,7 +37,7 @@ class FakeSink:
     """An EventSink that records what it is asked and fails when told to."""
 
     def __init__(self) -> None:
-        self.calls: list[tuple[str, EventRequest]] = []
+        self.calls: list[tuple[str, EventRequest | NudgeRequest]] = []
         self.fail_with: list[Exception] = []
         self.written = threading.Event()
 
@@ -46,7 +47,10 @@ class FakeSink:
     def refresh(self, request: EventRequest, now: float) -> None:
         self._call("refresh", request)
 
-    def _call(self, action: str, request: EventRequest) -> None:
+    def nudge(self, request: NudgeRequest, now: float) -> None:
+        self._call("nudge", request)
+
+    def _call(self, action: str, request: EventRequest | NudgeRequest) -> None:
         self.calls.append((action, request))
         if self.fail_with:
             raise self.fail_with.pop(0)
@@ -169,13 +173,44 @@ def test_a_changed_explanation_is_said_again_but_not_within_30s(
     assert sink.calls[0][1].name != sink.calls[1][1].name
 
 
-def test_nothing_when_it_fits_somewhere_now(store: ClusterStore, clock: Clock) -> None:
+def test_a_pod_that_fits_now_gets_no_event_but_one_nudge(store: ClusterStore, clock: Clock) -> None:
+    """VRAM freed since kube-scheduler gave up: nothing else would tell it, so the pod's status
+    gets a condition (a pod update, which requeues it), once per answer."""
     sink = FakeSink()
     explainer, metrics = make_explainer(store, sink, clock)
-    explainer.apply_pod_event("ADDED", unschedulable("small", 500))  # 13300 + 500 <= 14000
-    assert run_pass(explainer) == 0
-    assert sink.calls == []
+    small = unschedulable("small", 500)  # 13300 + 500 <= 14000
+    explainer.apply_pod_event("ADDED", small)
+    assert run_pass(explainer) == 1
+    [(action, request)] = sink.calls
+    assert action == "nudge"
+    assert isinstance(request, NudgeRequest)
+    uid = small["metadata"]["uid"]
+    assert (request.namespace, request.pod_name, request.pod_uid) == ("team-a", "small", uid)
+    assert request.message == ("vramguard: fits now on node-a; asking kube-scheduler to try again")
+    assert explanations(metrics, "nudged") == 1
     assert metric(metrics, "vramguard_extender_unschedulable_gpu_pods") == 1
+
+    # The same answer is not said again, however long the pod stays Pending.
+    clock.now += 3600
+    assert run_pass(explainer) == 0
+    assert len(sink.calls) == 1
+
+
+def test_a_failed_nudge_is_tried_again_after_min_interval(
+    store: ClusterStore, clock: Clock
+) -> None:
+    sink = FakeSink()
+    sink.fail_with = [EventWriteError("setting a condition: 403 forbidden")]
+    explainer, metrics = make_explainer(store, sink, clock, min_interval=30)
+    explainer.apply_pod_event("ADDED", unschedulable("small", 500))
+    run_pass(explainer)
+    assert explanations(metrics, "error") == 1
+    clock.now += 10
+    assert run_pass(explainer) == 0  # not hammering the API
+    clock.now += 30
+    assert run_pass(explainer) == 1
+    assert [action for action, _ in sink.calls] == ["nudge", "nudge"]
+    assert explanations(metrics, "nudged") == 1
 
 
 def test_bound_and_deleted_pods_are_forgotten(store: ClusterStore, clock: Clock) -> None:
