@@ -19,7 +19,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import FrameType
@@ -38,7 +37,6 @@ from tests.e2e.harness import (  # noqa: E402 - needs the repository root on sys
     ensure_binaries,
     gpu_pod,
     kubernetes_version,
-    label_node,
     mark_running,
     pod_events,
     unschedulable_message,
@@ -148,10 +146,10 @@ class Demo:
 
         card.set_usage(llama.pod, llama.uses_mib)
         say(
-            "The big model is unloaded and the arena shrinks back. At the scheduler's next try "
-            "(any cluster event; here a node label change) portal-stt-b is placed."
+            "The big model is unloaded and the arena shrinks back. vramguard sees portal-stt-b "
+            "fits now and marks it (condition vramguard.io/GPUMemoryFits), which makes the "
+            "scheduler try again: portal-stt-b is placed."
         )
-        label_node(self.core, node_b, {"demo.vramguard.io/nudge": str(int(time.time()))})
         wait_for_pod_node(self.core, self.namespaces[newcomer.role], newcomer.pod, timeout=60)
         mark_running(self.core, self.namespaces[newcomer.role], newcomer.pod)
         card.set_usage(newcomer.pod, newcomer.uses_mib)
