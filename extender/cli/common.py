@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -85,11 +86,16 @@ def stop_on_signals(stop: threading.Event) -> None:
         signal.signal(signum, handle)
 
 
+def colour() -> bool:
+    """Colour only on a terminal, and not when NO_COLOR is set (no-color.org)."""
+    return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+
+
 def show(output: str, as_json: Callable[[], Any], as_lines: Callable[[bool], list[str]]) -> None:
     """Print a report: `-o json`, or its lines (coloured only on a terminal)."""
     if output == "json":
         print(json.dumps(as_json(), indent=2), flush=True)
         return
-    for line in as_lines(sys.stdout.isatty()):
+    for line in as_lines(colour()):
         print(line)
     sys.stdout.flush()

@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         now=now,
         node=args.node,
     )
-    for line in render_preflight(result, colour=sys.stdout.isatty()):
+    for line in render_preflight(result, colour=common.colour()):
         print(line, flush=True)
     return result.exit_status
 

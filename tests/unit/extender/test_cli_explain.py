@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from extender.cli import build_parser, main, readings
+from extender.cli import build_parser, common, main, readings
 from extender.cli.explain import find_pod
 from extender.report import RED
 from extender.snapshot import TelemetryReading
@@ -333,3 +333,14 @@ def test_find_pod_by_namespace_and_name() -> None:
     assert find_pod(PODS, "team-b", "incoming") is PODS[-1]
     assert find_pod(PODS, "team-c", "incoming") is None
     assert find_pod([{"metadata": None}, {}], "team-a", "incoming") is None
+
+
+def test_colour_only_on_a_terminal_without_no_color(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("sys.stdout.isatty", lambda: True)
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    assert common.colour()
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert not common.colour()
+    monkeypatch.delenv("NO_COLOR")
+    monkeypatch.setattr("sys.stdout.isatty", lambda: False)
+    assert not common.colour()
