@@ -186,7 +186,7 @@ class PendingExplainer:
     # -- the evaluator --
 
     def evaluate_once(self) -> int:
-        """One pass over the pending pods; returns how many Events were queued."""
+        """One pass over the pending pods; returns how many Events and nudges were queued."""
         now = self._clock()
         with self._lock:
             pending = list(self._pending.values())
