@@ -15,7 +15,7 @@ passes; it is always kept, and every process's log path printed, when a test fai
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import pytest
@@ -35,6 +35,7 @@ from .harness import (
     delete_pod,
     vramguard_for,
 )
+from .harness.tenants import Tenant, TenantCard, namespaces_for, policy_entries
 
 _KEPT_DIRS = pytest.StashKey[list[str]]()
 _CLUSTER = pytest.StashKey[ClusterBase]()
@@ -179,6 +180,39 @@ def make_vram_node(
         return name
 
     return make
+
+
+@pytest.fixture
+def seat_tenants(
+    core_v1: Any,
+    local_vramguard: LocalVramguard,
+    make_namespace: Callable[..., str],
+    make_vram_node: Callable[..., str],
+) -> Callable[..., tuple[TenantCard, dict[str, str]]]:
+    """Factory: ``seat_tenants(running, waiting=(), total_mib=T4_MIB, driver_mib=300,
+    gpumem_mib=T4_ADVERTISED_MIB)`` makes a node with one card, a namespace per tenant role
+    (running and waiting) with the tenants' policy entries, and runs the ``running`` tenants
+    on the card. Returns the card and the namespaces by role."""
+
+    def seat(
+        running: Sequence[Tenant],
+        waiting: Sequence[Tenant] = (),
+        *,
+        total_mib: int = T4_MIB,
+        driver_mib: int = 300,
+        gpumem_mib: int = T4_ADVERTISED_MIB,
+    ) -> tuple[TenantCard, dict[str, str]]:
+        node = make_vram_node(gpumem_mib=gpumem_mib, total_mib=total_mib, used_mib=driver_mib)
+        card = TenantCard(
+            core_v1, local_vramguard, node, total_mib=total_mib, driver_mib=driver_mib
+        )
+        namespaces = namespaces_for([t.role for t in (*running, *waiting)], make_namespace)
+        local_vramguard.add_namespaces(policy_entries(namespaces))
+        for tenant in running:
+            card.run(tenant, namespaces[tenant.role])
+        return card, namespaces
+
+    return seat
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

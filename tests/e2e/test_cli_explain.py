@@ -31,7 +31,7 @@ from .harness import (
     wait_for_unschedulable_message,
 )
 from .harness.nodes import GPUMEM_RESOURCE
-from .harness.tenants import Tenant, TenantCard, namespaces_for, policy_entries
+from .harness.tenants import Tenant, TenantCard
 from .test_cli_status_preflight import vramguard_cli
 
 pytestmark = pytest.mark.e2e
@@ -88,16 +88,13 @@ def test_explain_agrees_with_the_scheduler(
     control_plane: ClusterBase,
     core_v1: Any,
     local_vramguard: LocalVramguard,
-    make_namespace: Callable[..., str],
-    make_vram_node: Callable[..., str],
+    seat_tenants: Callable[..., Any],
 ) -> None:
     vramguard = local_vramguard
-    node = make_vram_node(gpumem_mib=ADVERTISED_MIB, total_mib=CARD_MIB, used_mib=DRIVER_MIB)
-    card = TenantCard(core_v1, vramguard, node, total_mib=CARD_MIB, driver_mib=DRIVER_MIB)
-    namespaces = namespaces_for([t.role for t in (*TENANTS, NEWCOMER)], make_namespace)
-    vramguard.add_namespaces(policy_entries(namespaces))
-    for tenant in TENANTS:
-        card.run(tenant, namespaces[tenant.role])
+    card, namespaces = seat_tenants(
+        TENANTS, [NEWCOMER], total_mib=CARD_MIB, driver_mib=DRIVER_MIB, gpumem_mib=ADVERTISED_MIB
+    )
+    node = card.node
     scene = Scene(
         control_plane,
         core_v1,

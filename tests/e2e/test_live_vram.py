@@ -16,7 +16,7 @@ from .harness import (
     wait_for_pod_node,
     wait_for_unschedulable_message,
 )
-from .harness.tenants import Tenant, TenantCard, deploy, namespaces_for, policy_entries
+from .harness.tenants import Tenant, deploy, namespaces_for, policy_entries
 
 pytestmark = pytest.mark.e2e
 
@@ -35,17 +35,14 @@ ARENA_MIB = round(10.7e9 / (1 << 20))  # 10204 MiB
 def test_pod_waits_for_live_vram_then_schedules(
     core_v1: Any,
     local_vramguard: LocalVramguard,
-    make_namespace: Callable[..., str],
-    make_vram_node: Callable[..., str],
+    seat_tenants: Callable[..., Any],
 ) -> None:
     vramguard = local_vramguard
-    node = make_vram_node(gpumem_mib=14000, total_mib=CARD_MIB, used_mib=DRIVER_MIB)
-    card = TenantCard(core_v1, vramguard, node, total_mib=CARD_MIB, driver_mib=DRIVER_MIB)
-    namespaces = namespaces_for([t.role for t in (*TENANTS, NEWCOMER)], make_namespace)
-    vramguard.add_namespaces(policy_entries(namespaces))
+    card, namespaces = seat_tenants(
+        TENANTS, [NEWCOMER], total_mib=CARD_MIB, driver_mib=DRIVER_MIB, gpumem_mib=14000
+    )
+    node = card.node
     floor = int(vramguard.policy["extender"]["floorMiB"])
-    for tenant in TENANTS:
-        card.run(tenant, namespaces[tenant.role])
 
     # The arena grows: the card reports 10.7 GB in use by llama-swap alone.
     llama = TENANTS[1]

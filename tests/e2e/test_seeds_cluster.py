@@ -20,7 +20,7 @@ from .harness import (
 )
 from .harness.nodes import GPUMEM_RESOURCE
 from .harness.pods import declared_on_node
-from .harness.tenants import SEEDS, Tenant, TenantCard, namespaces_for, policy_entries
+from .harness.tenants import SEEDS, Tenant
 
 pytestmark = pytest.mark.e2e
 
@@ -33,17 +33,13 @@ DRIVER_MIB = 300
 def test_seeds_fit_and_a_sixth_pod_stays_pending(
     core_v1: Any,
     local_vramguard: LocalVramguard,
-    make_namespace: Callable[..., str],
-    make_vram_node: Callable[..., str],
+    seat_tenants: Callable[..., Any],
 ) -> None:
     vramguard = local_vramguard
-    node = make_vram_node(gpumem_mib=ADVERTISED_MIB, total_mib=CARD_MIB, used_mib=DRIVER_MIB)
-    card = TenantCard(core_v1, vramguard, node, total_mib=CARD_MIB, driver_mib=DRIVER_MIB)
-    namespaces = namespaces_for([t.role for t in (*SEEDS, SIXTH)], make_namespace)
-    vramguard.add_namespaces(policy_entries(namespaces))
-
-    for tenant in SEEDS:
-        card.run(tenant, namespaces[tenant.role])
+    card, namespaces = seat_tenants(
+        SEEDS, [SIXTH], total_mib=CARD_MIB, driver_mib=DRIVER_MIB, gpumem_mib=ADVERTISED_MIB
+    )
+    node = card.node
 
     assert sum(t.budget_mib(vramguard.policy) for t in SEEDS) == 13300
     assert declared_on_node(core_v1, node) == 13300
