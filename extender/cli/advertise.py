@@ -20,7 +20,6 @@ import logging
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 from extender.advertise import Advertiser, NodeAPIError
@@ -48,8 +47,7 @@ def register(subcommands: Any) -> None:
         "patched. Repeats every --interval seconds, since a re-registered node loses it.",
     )
     add = parser.add_argument
-    add("--policy", type=Path, help="policy file (default: the built-in policy defaults)")
-    add("--kubeconfig", type=Path, help="kubeconfig (default: in-cluster, else ~/.kube/config)")
+    common.add_cluster_options(parser)
     add(
         "--node",
         dest="nodes",

@@ -11,12 +11,20 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
 MAX_SECONDS = 86400.0
 _TRUE = frozenset({"true", "1", "yes", "on"})
 _FALSE = frozenset({"false", "0", "no", "off"})
+
+
+def add_cluster_options(parser: argparse.ArgumentParser) -> None:
+    """--policy and --kubeconfig, the same in every command."""
+    add = parser.add_argument
+    add("--policy", type=Path, help="policy file (default: the built-in policy defaults)")
+    add("--kubeconfig", type=Path, help="kubeconfig (default: in-cluster, else ~/.kube/config)")
 
 
 def mib(text: str) -> int:

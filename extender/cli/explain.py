@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from extender.cli import common, readings
@@ -61,8 +60,7 @@ def register(subcommands: Any) -> None:
     add("pod", metavar="POD", help="the pod's name")
     add("-n", "--namespace", default="default", help="the pod's namespace (default: default)")
     add("--prometheus-url", metavar="URL", help="Prometheus base URL (the live check)")
-    add("--policy", type=Path, help="policy file (default: the built-in policy defaults)")
-    add("--kubeconfig", type=Path, help="kubeconfig (default: in-cluster, else ~/.kube/config)")
+    common.add_cluster_options(parser)
     add(
         "--scheduler-name",
         metavar="NAME",

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any
 
 from extender.cli import common, readings
@@ -48,8 +47,7 @@ def register(subcommands: Any) -> None:
         help="MiB to keep free on top (default: the policy's extender.floorMiB)",
     )
     add("--prometheus-url", required=True, metavar="URL", help="Prometheus base URL")
-    add("--policy", type=Path, help="policy file (default: the built-in policy defaults)")
-    add("--kubeconfig", type=Path, help="kubeconfig (default: in-cluster, else ~/.kube/config)")
+    common.add_cluster_options(parser)
     parser.set_defaults(run=run)
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any
 
 from extender.cli import common, readings
@@ -44,8 +43,7 @@ def register(subcommands: Any) -> None:
     )
     add = parser.add_argument
     add("--prometheus-url", metavar="URL", help="Prometheus base URL (live figures)")
-    add("--policy", type=Path, help="policy file (default: the built-in policy defaults)")
-    add("--kubeconfig", type=Path, help="kubeconfig (default: in-cluster, else ~/.kube/config)")
+    common.add_cluster_options(parser)
     add(
         "--extender-url",
         metavar="URL",

@@ -99,8 +99,7 @@ def register(subcommands: Any) -> None:
     )
     add = parser.add_argument
     add("--prometheus-url", required=True, metavar="URL", help="Prometheus base URL")
-    add("--policy", type=Path, help="policy file (default: the built-in policy defaults)")
-    add("--kubeconfig", type=Path, help="kubeconfig (default: in-cluster, else ~/.kube/config)")
+    common.add_cluster_options(parser)
     add(
         "--interval",
         type=common.seconds(positive=True),
