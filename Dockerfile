@@ -26,6 +26,8 @@ COPY gpumem/ gpumem/
 COPY certs/ certs/
 COPY webhook/ webhook/
 COPY extender/ extender/
+COPY kube/ kube/
+COPY ops/ ops/
 # A regular (non-editable) install: the project is built into a wheel and installed with
 # its dependencies. pip writes the bytecode now; at run time the root filesystem is
 # read-only and nothing could cache it.

@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-PACKAGES := gpumem webhook extender certs
+PACKAGES := gpumem kube webhook extender ops certs
 CERTS_OUT ?= certs/out
 # Built and downloaded tools live outside the repository, keyed by version.
 CACHE ?= $(or $(VRAMGUARD_CACHE),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/vramguard)

@@ -26,7 +26,7 @@ from webhook import responses
 from webhook.logs import FIELDS
 from webhook.metrics import WebhookMetrics
 from webhook.models import AdmissionRequest, InvalidReview, parse_review
-from webhook.policy import ClusterView, decide
+from webhook.decide import ClusterView, decide
 from webhook.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ from webhook.models import (
     Status,
 )
 from webhook.patching import PatchOperation
-from webhook.policy import Decision
+from webhook.decide import Decision
 
 
 @dataclass(frozen=True)

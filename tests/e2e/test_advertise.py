@@ -3,7 +3,7 @@ advertise vramguard.io/gpumem refuses GPU pods; one pass sets GFD memory x count
 its status (capacity and allocatable, which kube-scheduler reads), after which the pod is
 scheduled; a second pass changes nothing; nodes without GFD labels are never touched.
 
-The command runs as a subprocess (`python -m extender.cli`, what the `vramguard` console
+The command runs as a subprocess (`python -m ops`, what the `vramguard` console
 script calls), with the shipped policy, against the cluster's admin kubeconfig.
 """
 
@@ -46,7 +46,7 @@ def advertise(cluster: ClusterBase, *args: str) -> subprocess.CompletedProcess[s
         [
             sys.executable,
             "-m",
-            "extender.cli",
+            "ops",
             "advertise",
             "--once",
             "--policy",

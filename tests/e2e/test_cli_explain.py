@@ -6,7 +6,7 @@ there; once bound it is bound to the node the scheduler picked; a pod whose decl
 does not fit gets the Event's text word for word. Prometheus down: the declared-only verdicts
 and exit 2; a pod that does not exist: one line and exit 1.
 
-The command runs as a subprocess (`python -m extender.cli`, what the `vramguard` console script
+The command runs as a subprocess (`python -m ops`, what the `vramguard` console script
 calls) with the local stack's policy file, against the cluster's admin kubeconfig.
 """
 

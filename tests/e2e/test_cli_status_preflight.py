@@ -4,7 +4,7 @@ need + floor fit, 1 one MiB over), 2 when Prometheus cannot be reached; `status 
 agrees with the extender's /debug/snapshot on capacity and declared budgets, read directly and
 through --extender-url.
 
-The commands run as subprocesses (`python -m extender.cli`, what the `vramguard` console
+The commands run as subprocesses (`python -m ops`, what the `vramguard` console
 script calls) with the local stack's policy file, against the cluster's admin kubeconfig.
 """
 
@@ -35,7 +35,7 @@ def vramguard_cli(
         [
             sys.executable,
             "-m",
-            "extender.cli",
+            "ops",
             *args,
             "--policy",
             str(stack.policy_path),

@@ -12,7 +12,7 @@ of all. 560 MiB free: below the watchdog's floor (1024), above its emergency flo
 - --dry-run false: exactly the pod with the largest used - declared is deleted, with a
   VRAMWatchdogRecycled Event; the undeclared pod, the other tenants and the Pending pod stay.
 
-The command runs as a subprocess (`python -m extender.cli`, what the `vramguard` console
+The command runs as a subprocess (`python -m ops`, what the `vramguard` console
 script calls) with the local stack's policy file, against the cluster's admin kubeconfig.
 """
 
@@ -58,7 +58,7 @@ def watchdog(
         [
             sys.executable,
             "-m",
-            "extender.cli",
+            "ops",
             "watchdog",
             "--once",
             "--node",

@@ -28,7 +28,7 @@ from gpumem.policy_file import PolicyFile
 from webhook.app import Dependencies, create_app
 from webhook.metrics import WebhookMetrics
 from webhook.models import parse_review
-from webhook.policy import ClusterView, decide
+from webhook.decide import ClusterView, decide
 from webhook.settings import Settings
 
 EXAMPLES = int(os.environ.get("VRAMGUARD_FUZZ_EXAMPLES", "10000"))

@@ -427,7 +427,7 @@ def test_extender_metrics_listener_serves_prometheus_and_the_probes(base: list[K
 
 
 def test_advertiser_runs_the_console_script_with_least_privilege() -> None:
-    from extender.cli import build_parser  # noqa: PLC0415
+    from ops import build_parser  # noqa: PLC0415
 
     docs = objects(ADVERTISER)
     deployment = named(docs, "Deployment", "vramguard-advertiser")
@@ -438,7 +438,7 @@ def test_advertiser_runs_the_console_script_with_least_privilege() -> None:
     args = command_line(advertiser)
     assert args[:2] == ["vramguard", "advertise"]
     pyproject = (REPO / "pyproject.toml").read_text("utf-8")
-    assert 'vramguard = "extender.cli:main"' in pyproject
+    assert 'vramguard = "ops:main"' in pyproject
     options = build_parser().parse_args(args[1:])
     assert (options.interval, options.once, options.dry_run, options.nodes) == (
         60,
@@ -474,7 +474,7 @@ def test_advertiser_runs_the_console_script_with_least_privilege() -> None:
 
 
 def test_watchdog_runs_the_console_script_with_least_privilege() -> None:
-    from extender.cli import build_parser  # noqa: PLC0415
+    from ops import build_parser  # noqa: PLC0415
 
     docs = objects(WATCHDOG)
     deployment = named(docs, "Deployment", "vramguard-watchdog")
@@ -535,7 +535,7 @@ def test_watchdog_runs_the_console_script_with_least_privilege() -> None:
 
 def test_alerts_use_metric_names_the_watchdog_exports() -> None:
     # Imported here, as in the extender's test below.
-    from extender.cli.watchdog import RecycleResult, WatchdogMetrics  # noqa: PLC0415
+    from ops.watchdog import RecycleResult, WatchdogMetrics  # noqa: PLC0415
 
     exported: set[str] = set()
     for family in WatchdogMetrics(dry_run=True).registry.collect():

@@ -8,7 +8,7 @@ import jsonpatch
 
 from gpumem.policy import Policy, parse_policy
 from webhook.models import AdmissionRequest
-from webhook.policy import ClusterView, Decision, decide
+from webhook.decide import ClusterView, Decision, decide
 
 GPUMEM = "vramguard.io/gpumem"
 GPU = "nvidia.com/gpu"

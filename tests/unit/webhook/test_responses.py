@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from webhook import responses
-from webhook.policy import Decision
+from webhook.decide import Decision
 
 PATCH = ({"op": "add", "path": "/spec/a~1b", "value": "1"},)
 

@@ -23,13 +23,13 @@ import time
 from typing import Any
 
 from extender.advertise import Advertiser, NodeAPIError
-from extender.cli import common
-from extender.cli.probes import TEXT, ProbeServer
+from ops import common
+from ops.probes import TEXT, ProbeServer
 from extender.cluster import KubernetesNodes, core_api
 from gpumem.policy import Policy
 from gpumem.policy_file import PolicyError, PolicyFile
 
-log = logging.getLogger("extender.cli.advertise")
+log = logging.getLogger("ops.advertise")
 
 FAILED = 1
 USAGE_ERROR = 2

@@ -1,4 +1,4 @@
-"""`vramguard` (extender.cli): the argument parser, and `advertise` end to end over a fake API
+"""`vramguard` (ops): the argument parser, and `advertise` end to end over a fake API
 or an unreachable one."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from extender.advertise import Advertiser, NodeAPIError
-from extender.cli import advertise, build_parser, common, main
-from extender.cli.advertise import HealthServer
+from ops import advertise, build_parser, common, main
+from ops.advertise import HealthServer
 from tests.unit.extender.factories import GPUMEM, make_node, make_policy
 from tests.unit.extender.test_advertise import FakeNodes, gpu_node
 
@@ -174,7 +174,7 @@ def test_broken_policy_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFi
 
 def test_runs_as_a_module() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "extender.cli", "advertise", "--help"],
+        [sys.executable, "-m", "ops", "advertise", "--help"],
         capture_output=True,
         text=True,
         check=False,

@@ -7,7 +7,7 @@ floor and something needs it, recycle (delete) the pod furthest over its declare
                        [--once] [--metrics-port PORT]
 
 Every --interval seconds: one list of nodes and pods and one telemetry read (the extender's
-own code, extender.cli.readings), the rule of extender.watchdog per GPU node, and for each
+own code, ops.readings), the rule of extender.watchdog per GPU node, and for each
 node whose decision is not "ok" one log line with the numbers:
 
     node=gpu-1 action=recycle reason=over-budget dry_run=true free=400 floor=1024
@@ -49,8 +49,8 @@ from prometheus_client import (
     generate_latest,
 )
 
-from extender.cli import common, readings
-from extender.cli.probes import TEXT, ProbeServer
+from ops import common, readings
+from ops.probes import TEXT, ProbeServer
 from extender.cluster import core_api
 from extender.snapshot import PodView
 from extender.watchdog import (
@@ -65,7 +65,7 @@ from extender.watchdog import (
 from gpumem.policy import Policy
 from gpumem.policy_file import PolicyError, PolicyFile
 
-log = logging.getLogger("extender.cli.watchdog")
+log = logging.getLogger("ops.watchdog")
 
 FAILED = 1
 CANNOT_TELL = 2  # also a usage error

@@ -1,4 +1,4 @@
-"""`vramguard watchdog` over fake reads (extender.cli.readings monkeypatched) and a fake pod
+"""`vramguard watchdog` over fake reads (ops.readings monkeypatched) and a fake pod
 deleter: a dry run never deletes, enforcing deletes exactly the chosen pod by UID, Prometheus
 or the API down does nothing, DRY_RUN and the flags, --once exit statuses, one log line per
 decision, the metrics, and the Kubernetes calls themselves over a fake CoreV1Api."""
@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from extender.cli import main, readings
-from extender.cli import watchdog as watchdog_cli
-from extender.cli.watchdog import (
+from ops import main, readings
+from ops import watchdog as watchdog_cli
+from ops.watchdog import (
     EVENT_REASON,
     KubernetesPods,
     MetricsServer,
@@ -35,7 +35,7 @@ from gpumem.policy import Policy
 from tests.unit.extender.factories import NOW, make_node, make_pod, pod_exporter_reading
 
 URL = "http://prometheus:9090"
-LOGGER = "extender.cli.watchdog"
+LOGGER = "ops.watchdog"
 NODES = [
     make_node("node-a", allocatable_mib=14000, gfd_memory_mib=15360),
     make_node("node-b", allocatable_mib=14000, gfd_memory_mib=15360),

@@ -12,7 +12,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from extender.cli import advertise, explain, preflight, status, watchdog
+from ops import advertise, explain, preflight, status, watchdog
 
 COMMANDS = (advertise, explain, preflight, status, watchdog)
 

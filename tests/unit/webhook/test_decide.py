@@ -20,7 +20,7 @@ from tests.unit.webhook.factories import (
     make_policy,
     pod,
 )
-from webhook.policy import ClassPriority, ClusterView, Decision
+from webhook.decide import ClassPriority, ClusterView, Decision
 
 
 def summary(original: dict[str, Any], decision: Decision) -> dict[str, Any]:

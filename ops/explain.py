@@ -32,7 +32,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from extender.cli import common, readings
+from ops import common, readings
 from extender.explain import scheduling_pod
 from extender.report import (
     LiveRead,

@@ -1,4 +1,4 @@
-"""`vramguard preflight` and `vramguard status` end to end over fake reads (extender.cli.readings
+"""`vramguard preflight` and `vramguard status` end to end over fake reads (ops.readings
 monkeypatched), and their errors over an unreachable API, Prometheus and extender."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from extender.app import describe_snapshot
-from extender.cli import build_parser, main, readings
+from ops import build_parser, main, readings
 from extender.snapshot import TelemetryReading
 from tests.unit.extender.factories import (
     NOW,
@@ -20,7 +20,7 @@ from tests.unit.extender.factories import (
     make_policy,
     make_store,
 )
-from tests.unit.extender.test_cli import UNREACHABLE_KUBECONFIG
+from tests.unit.ops.test_cli import UNREACHABLE_KUBECONFIG
 
 NODES = [
     make_node("node-a", allocatable_mib=14000, gfd_memory_mib=15360),

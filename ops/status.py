@@ -20,7 +20,7 @@ import argparse
 import sys
 from typing import Any
 
-from extender.cli import common, readings
+from ops import common, readings
 from extender.report import (
     render_status,
     status_from_debug,

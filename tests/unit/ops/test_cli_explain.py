@@ -1,4 +1,4 @@
-"""`vramguard explain` end to end over fake reads (extender.cli.readings monkeypatched): the
+"""`vramguard explain` end to end over fake reads (ops.readings monkeypatched): the
 verdicts it prints, its exit status and its one-line errors over an unreachable API and
 Prometheus."""
 
@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from extender.cli import build_parser, common, main, readings
-from extender.cli.explain import find_pod
+from ops import build_parser, common, main, readings
+from ops.explain import find_pod
 from extender.report import RED
 from extender.snapshot import TelemetryReading
 from tests.unit.extender.factories import (
@@ -22,7 +22,7 @@ from tests.unit.extender.factories import (
     make_pod,
     unschedulable,
 )
-from tests.unit.extender.test_cli import UNREACHABLE_KUBECONFIG
+from tests.unit.ops.test_cli import UNREACHABLE_KUBECONFIG
 
 NODES = [
     make_node("node-a", allocatable_mib=14000),
