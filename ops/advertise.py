@@ -23,11 +23,11 @@ import time
 from typing import Any
 
 from extender.advertise import Advertiser, NodeAPIError
-from ops import common
-from ops.probes import TEXT, ProbeServer
 from extender.cluster import KubernetesNodes, core_api
 from gpumem.policy import Policy
 from gpumem.policy_file import PolicyError, PolicyFile
+from ops import common
+from ops.probes import TEXT, ProbeServer
 
 log = logging.getLogger("ops.advertise")
 

@@ -32,7 +32,6 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ops import common, readings
 from extender.explain import scheduling_pod
 from extender.report import (
     LiveRead,
@@ -41,6 +40,7 @@ from extender.report import (
     render_explanation,
 )
 from gpumem.policy_file import PolicyError
+from ops import common, readings
 
 FAILED = 1
 PARTIAL = 2  # also a usage error

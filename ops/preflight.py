@@ -20,9 +20,9 @@ import argparse
 import sys
 from typing import Any
 
-from ops import common, readings
 from extender.report import preflight, render_preflight
 from gpumem.policy_file import PolicyError
+from ops import common, readings
 
 # 0 yes, 1 no (Preflight.exit_status); 2 cannot tell: telemetry, cluster or usage error.
 UNKNOWN = 2

@@ -20,7 +20,6 @@ import argparse
 import sys
 from typing import Any
 
-from ops import common, readings
 from extender.report import (
     render_status,
     status_from_debug,
@@ -28,6 +27,7 @@ from extender.report import (
     status_json,
 )
 from gpumem.policy_file import PolicyError
+from ops import common, readings
 
 FAILED = 1
 PARTIAL = 2  # also a usage error

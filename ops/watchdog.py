@@ -49,8 +49,6 @@ from prometheus_client import (
     generate_latest,
 )
 
-from ops import common, readings
-from ops.probes import TEXT, ProbeServer
 from extender.cluster import core_api
 from extender.snapshot import PodView
 from extender.watchdog import (
@@ -64,6 +62,8 @@ from extender.watchdog import (
 )
 from gpumem.policy import Policy
 from gpumem.policy_file import PolicyError, PolicyFile
+from ops import common, readings
+from ops.probes import TEXT, ProbeServer
 
 log = logging.getLogger("ops.watchdog")
 

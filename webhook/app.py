@@ -23,10 +23,10 @@ from starlette.routing import Route
 
 from gpumem.policy_file import PolicyFile
 from webhook import responses
+from webhook.decide import ClusterView, decide
 from webhook.logs import FIELDS
 from webhook.metrics import WebhookMetrics
 from webhook.models import AdmissionRequest, InvalidReview, parse_review
-from webhook.decide import ClusterView, decide
 from webhook.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 
+from webhook.decide import Decision
 from webhook.models import (
     ADMISSION_API_VERSION,
     ADMISSION_KIND,
@@ -22,7 +23,6 @@ from webhook.models import (
     Status,
 )
 from webhook.patching import PatchOperation
-from webhook.decide import Decision
 
 
 @dataclass(frozen=True)

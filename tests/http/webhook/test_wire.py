@@ -12,8 +12,8 @@ from starlette.testclient import TestClient
 
 from tests.http.webhook.reviews import decoded_patch, gpu_pod, patched, review, web_pod
 from webhook.app import FixedCluster
-from webhook.metrics import WebhookMetrics
 from webhook.decide import ClusterView
+from webhook.metrics import WebhookMetrics
 from webhook.settings import MAX_BODY_BYTES
 
 JSON_HEADERS = {"content-type": "application/json"}

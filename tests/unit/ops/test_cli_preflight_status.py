@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from extender.app import describe_snapshot
-from ops import build_parser, main, readings
 from extender.snapshot import TelemetryReading
+from ops import build_parser, main, readings
 from tests.unit.extender.factories import (
     NOW,
     dcgm_reading,

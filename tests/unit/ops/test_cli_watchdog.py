@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 from kubernetes.client.exceptions import ApiException
 
+from extender.snapshot import PodView, TelemetryReading
+from gpumem.policy import Policy
 from ops import main, readings
 from ops import watchdog as watchdog_cli
 from ops.watchdog import (
@@ -30,8 +32,6 @@ from ops.watchdog import (
     WatchdogMetrics,
     event_body,
 )
-from extender.snapshot import PodView, TelemetryReading
-from gpumem.policy import Policy
 from tests.unit.extender.factories import NOW, make_node, make_pod, pod_exporter_reading
 
 URL = "http://prometheus:9090"

@@ -7,8 +7,8 @@ from typing import Any
 import jsonpatch
 
 from gpumem.policy import Policy, parse_policy
-from webhook.models import AdmissionRequest
 from webhook.decide import ClusterView, Decision, decide
+from webhook.models import AdmissionRequest
 
 GPUMEM = "vramguard.io/gpumem"
 GPU = "nvidia.com/gpu"
