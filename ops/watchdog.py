@@ -30,17 +30,14 @@ import argparse
 import json
 import logging
 import os
-import socket
 import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from kubernetes.client.exceptions import ApiException
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -49,7 +46,6 @@ from prometheus_client import (
     generate_latest,
 )
 
-from extender.cluster import core_api
 from extender.snapshot import PodView
 from extender.watchdog import (
     NONE_REASONS,
@@ -62,6 +58,7 @@ from extender.watchdog import (
 )
 from gpumem.policy import Policy
 from gpumem.policy_file import PolicyError, PolicyFile
+from kube.pods import kubernetes_pods
 from ops import common, readings
 from ops.probes import TEXT, ProbeServer
 
@@ -71,12 +68,6 @@ FAILED = 1
 CANNOT_TELL = 2  # also a usage error
 DEFAULT_INTERVAL_SECONDS = 30.0
 DEFAULT_COOLDOWN_SECONDS = 300.0
-EVENT_REASON = "VRAMWatchdogRecycled"
-EVENT_COMPONENT = "vramguard-watchdog"
-EVENT_MESSAGE_LIMIT = 1024
-API_TIMEOUT_SECONDS = 30
-HTTP_NOT_FOUND = 404
-HTTP_CONFLICT = 409
 METRICS_PREFIX = "vramguard_watchdog_"
 
 RecycleResult = Literal["dry-run", "deleted", "gone", "conflict", "error"]
@@ -318,90 +309,6 @@ class Pods(Protocol):
     def record_event(self, victim: PodView, message: str, now: float) -> str | None:
         """Record a VRAMWatchdogRecycled Event on the pod; None, or what went wrong."""
         ...
-
-
-class KubernetesPods:
-    """Pods over a CoreV1Api: delete with a UID precondition, and a core/v1 Event."""
-
-    def __init__(self, core: Any, instance: str) -> None:
-        self._core = core
-        self._instance = instance[:128]  # the API's reportingInstance limit
-
-    def delete(self, victim: PodView) -> tuple[RecycleResult, str]:
-        from kubernetes import client  # noqa: PLC0415  (the models module is big)
-
-        options = client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=victim.uid))
-        try:
-            self._core.delete_namespaced_pod(
-                victim.name,
-                victim.namespace,
-                body=options,
-                _request_timeout=API_TIMEOUT_SECONDS,
-            )
-        except ApiException as err:
-            if err.status == HTTP_NOT_FOUND:
-                return "gone", "the pod is already gone"
-            if err.status == HTTP_CONFLICT:
-                return "conflict", "the name belongs to another pod now (UID precondition)"
-            return "error", f"{err.status} {_api_message(err)}"
-        except Exception as err:  # urllib3 and socket errors
-            return "error", readings.cause(err)
-        return "deleted", ""
-
-    def record_event(self, victim: PodView, message: str, now: float) -> str | None:
-        body = event_body(victim, message, now, instance=self._instance)
-        try:
-            self._core.create_namespaced_event(
-                victim.namespace, body, _request_timeout=API_TIMEOUT_SECONDS
-            )
-        except ApiException as err:
-            return f"recording an event: {err.status} {_api_message(err)}"
-        except Exception as err:  # urllib3 and socket errors
-            return f"recording an event: {readings.cause(err)}"
-        return None
-
-
-def kubernetes_pods(kubeconfig: Path | None) -> Pods:
-    return KubernetesPods(
-        core_api(str(kubeconfig) if kubeconfig else None, pool_size=2), socket.gethostname()
-    )
-
-
-def event_body(victim: PodView, message: str, now: float, *, instance: str) -> dict[str, Any]:
-    """A core/v1 Warning Event about the deleted pod (`kubectl get events -A
-    --field-selector reason=VRAMWatchdogRecycled` lists them)."""
-    timestamp = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    stem = victim.name[:200].rstrip(".-") or "pod"
-    return {
-        "apiVersion": "v1",
-        "kind": "Event",
-        "metadata": {"generateName": f"{stem}.", "namespace": victim.namespace},
-        "involvedObject": {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "namespace": victim.namespace,
-            "name": victim.name,
-            "uid": victim.uid,
-        },
-        "type": "Warning",
-        "reason": EVENT_REASON,
-        "message": message[:EVENT_MESSAGE_LIMIT],
-        "action": "Delete",
-        "source": {"component": EVENT_COMPONENT},
-        "reportingComponent": EVENT_COMPONENT,
-        "reportingInstance": instance,
-        "firstTimestamp": timestamp,
-        "lastTimestamp": timestamp,
-        "count": 1,
-    }
-
-
-def _api_message(err: ApiException) -> str:
-    try:
-        message = json.loads(err.body or "")["message"]
-    except (ValueError, KeyError, TypeError):
-        return str(err.reason)
-    return str(message)
 
 
 # --- The loop ------------------------------------------------------------------------------------

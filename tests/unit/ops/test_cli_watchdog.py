@@ -20,17 +20,16 @@ from kubernetes.client.exceptions import ApiException
 
 from extender.snapshot import PodView, TelemetryReading
 from gpumem.policy import Policy
+from kube.pods import EVENT_REASON, KubernetesPods
+from kube.pods import recycled_event as event_body
 from ops import main, readings
 from ops import watchdog as watchdog_cli
 from ops.watchdog import (
-    EVENT_REASON,
-    KubernetesPods,
     MetricsServer,
     Options,
     RecycleResult,
     Watchdog,
     WatchdogMetrics,
-    event_body,
 )
 from tests.unit.extender.factories import NOW, make_node, make_pod, pod_exporter_reading
 
