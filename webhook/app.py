@@ -23,11 +23,12 @@ from starlette.routing import Route
 
 from gpumem.policy_file import PolicyFile
 from webhook import responses
-from webhook.decide import ClusterView, decide
+from webhook.decide import decide
 from webhook.logs import FIELDS
 from webhook.metrics import WebhookMetrics
 from webhook.models import AdmissionRequest, InvalidReview, parse_review
 from webhook.settings import Settings
+from webhook.view import ClusterView
 
 log = logging.getLogger(__name__)
 
@@ -98,11 +99,10 @@ def create_app(settings: Settings, deps: Dependencies) -> Starlette:
 
         fields: dict[str, Any] = _request_fields(admission)
         try:
-            decision = decide(admission, deps.policy_file.current, deps.cluster.view)
-            reply = responses.from_decision(decision)
-            fields.update(decision=decision.outcome, message=decision.message)
-            if decision.changes:
-                fields["changes"] = dict(decision.changes)
+            reply = decide(admission, deps.policy_file.current, deps.cluster.view)
+            fields.update(decision=reply.outcome, message=reply.message)
+            if reply.changes:
+                fields["changes"] = dict(reply.changes)
         except Exception as err:
             # The pod is not admitted (failurePolicy would fail it too); the uid is kept so
             # the API server shows this message instead of a transport error.

@@ -25,7 +25,7 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
 from gpumem.objects import metadata, metadata_text
-from webhook.decide import ClassPriority, ClusterView
+from webhook.view import ClassPriority, ClusterView
 
 log = logging.getLogger(__name__)
 

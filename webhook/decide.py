@@ -1,20 +1,22 @@
 """The admission decision for one request: pure data in, data out.
 
 `decide` reads the AdmissionRequest, the policy and what is known about the cluster, and
-returns a Decision: allowed or denied, the JSONPatch, and the warnings and audit annotations
-that say what was changed. It does no I/O, so every rule is tested as a table.
+returns the reply (webhook.responses): allowed or denied, the JSONPatch, and the warnings and
+audit annotations that say what was changed. It does no I/O, so every rule is tested as a table.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from gpumem.demand import ContainerGpumem, DemandError, PodDemand, read_demand
 from gpumem.policy import NamespaceRules, Policy
+from webhook import responses
 from webhook.models import AdmissionRequest
-from webhook.patching import PatchOperation, PodDraft
+from webhook.patching import PodDraft
+from webhook.responses import Reply
+from webhook.view import ClassPriority, ClusterView
 
 DEFAULT_SCHEDULER = "default-scheduler"
 WARNING_PREFIX = "vramguard: "
@@ -25,54 +27,8 @@ AUDIT_PRIORITY_CLASS = "priority-class"
 AUDIT_PRIORITY_CLASS_SKIPPED = "priority-class-skipped"
 AUDIT_SCHEDULER = "scheduler-name"
 
-Outcome = Literal["patched", "allowed", "denied"]
 
-
-@dataclass(frozen=True, slots=True)
-class ClassPriority:
-    """What the Priority admission plugin copies from a PriorityClass into a pod."""
-
-    value: int
-    preemption_policy: str | None = None
-
-
-@dataclass(frozen=True)
-class ClusterView:
-    """What the webhook knows about the cluster, from watches. A field that is None is
-    unknown (no API access, or not synced yet), and the rules that need it are skipped."""
-
-    namespace_labels: Mapping[str, Mapping[str, str]] | None = None
-    priority_classes: frozenset[str] | None = None
-    global_default_class: str | None = None
-    # value and preemptionPolicy by class name, where known (the same watch as the names).
-    class_priorities: Mapping[str, ClassPriority] = field(default_factory=dict)
-
-    def labels_of(self, namespace: str) -> Mapping[str, str] | None:
-        if self.namespace_labels is None:
-            return None
-        return self.namespace_labels.get(namespace)
-
-
-@dataclass(frozen=True)
-class Decision:
-    """The answer to one admission request."""
-
-    allowed: bool
-    message: str
-    patch: tuple[PatchOperation, ...] = ()
-    warnings: tuple[str, ...] = ()
-    audit_annotations: Mapping[str, str] = field(default_factory=dict)
-    # What was set on the pod, for the request log: field -> value.
-    changes: Mapping[str, str] = field(default_factory=dict)
-
-    @property
-    def outcome(self) -> Outcome:
-        if not self.allowed:
-            return "denied"
-        return "patched" if self.patch else "allowed"
-
-
-def decide(request: AdmissionRequest, policy: Policy, cluster: ClusterView) -> Decision:
+def decide(request: AdmissionRequest, policy: Policy, cluster: ClusterView) -> Reply:
     """Decide one AdmissionRequest. Anything but a Pod CREATE is allowed unchanged."""
     pod = request.object
     if not request.is_pod_create or pod is None:
@@ -97,7 +53,7 @@ def decide(request: AdmissionRequest, policy: Policy, cluster: ClusterView) -> D
         return _denied(denial)
     edit.priority_class(cluster)
     edit.scheduler(policy.scheduler_name)
-    return edit.decision()
+    return edit.reply()
 
 
 class _Edit:
@@ -220,16 +176,13 @@ class _Edit:
         self.audit[AUDIT_SCHEDULER] = scheduler_name
         self.changes["schedulerName"] = scheduler_name
 
-    def decision(self) -> Decision:
-        patch = tuple(self.draft.patch())
-        return Decision(
-            allowed=True,
-            message="patched" if patch else "nothing to change",
-            patch=patch,
-            warnings=tuple(WARNING_PREFIX + w for w in self.warnings),
-            audit_annotations=self.audit,
-            changes=self.changes,
-        )
+    def reply(self) -> Reply:
+        patch = self.draft.patch()
+        warnings = [WARNING_PREFIX + w for w in self.warnings]
+        if patch:
+            return responses.patched(patch, warnings, self.audit, self.changes)
+        # A skipped PriorityClass warns and annotates without changing the pod.
+        return responses.allowed("nothing to change", warnings, self.audit, self.changes)
 
     def _raw_gpumem(self, container: ContainerGpumem) -> tuple[Any, Any]:
         resources = ("spec", container.list_name, container.index, "resources")
@@ -244,12 +197,14 @@ class _Edit:
         self.draft.set((*resources, "limits", self.gpumem_name), mib)
 
 
-def _unchanged(reason: str) -> Decision:
-    return Decision(allowed=True, message=reason)
+def _unchanged(reason: str) -> Reply:
+    # Why the pod is left alone ("not a GPU pod"): the API server ignores it, people debugging
+    # with a captured review do not.
+    return responses.allowed(reason)
 
 
-def _denied(message: str) -> Decision:
-    return Decision(allowed=False, message=WARNING_PREFIX + message)
+def _denied(message: str) -> Reply:
+    return responses.denied(WARNING_PREFIX + message)
 
 
 def _pod_namespace(pod: Mapping[str, Any]) -> str:

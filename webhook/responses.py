@@ -13,8 +13,8 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
+from typing import Literal
 
-from webhook.decide import Decision
 from webhook.models import (
     ADMISSION_API_VERSION,
     ADMISSION_KIND,
@@ -23,6 +23,8 @@ from webhook.models import (
     Status,
 )
 from webhook.patching import PatchOperation
+
+Outcome = Literal["patched", "allowed", "denied"]
 
 
 @dataclass(frozen=True)
@@ -34,13 +36,35 @@ class Reply:
     patch: tuple[PatchOperation, ...] = ()
     warnings: tuple[str, ...] = ()
     audit_annotations: Mapping[str, str] = field(default_factory=dict)
+    # What was set on the pod, for the request log only (never sent): field -> value.
+    changes: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def outcome(self) -> Outcome:
+        if not self.allowed:
+            return "denied"
+        return "patched" if self.patch else "allowed"
+
+    @property
+    def message(self) -> str:
+        """What the request log says about the reply: the status message, else the outcome."""
+        if self.status is not None and self.status.message:
+            return self.status.message
+        return self.outcome
 
 
-def allowed(message: str = "", warnings: Sequence[str] = ()) -> Reply:
+def allowed(
+    message: str = "",
+    warnings: Sequence[str] = (),
+    audit_annotations: Mapping[str, str] | None = None,
+    changes: Mapping[str, str] | None = None,
+) -> Reply:
     return Reply(
         allowed=True,
         status=Status(code=HTTPStatus.OK.value, message=message or None),
         warnings=tuple(warnings),
+        audit_annotations=dict(audit_annotations or {}),
+        changes=dict(changes or {}),
     )
 
 
@@ -55,33 +79,20 @@ def patched(
     patch: Sequence[PatchOperation],
     warnings: Sequence[str] = (),
     audit_annotations: Mapping[str, str] | None = None,
+    changes: Mapping[str, str] | None = None,
 ) -> Reply:
     return Reply(
         allowed=True,
         patch=tuple(patch),
         warnings=tuple(warnings),
         audit_annotations=dict(audit_annotations or {}),
+        changes=dict(changes or {}),
     )
 
 
 def errored(code: int, message: str) -> Reply:
     """Something went wrong deciding: not allowed, and the code says it was not the pod."""
     return Reply(allowed=False, status=Status(code=code, message=message))
-
-
-def from_decision(decision: Decision) -> Reply:
-    if not decision.allowed:
-        return denied(decision.message)
-    if decision.patch:
-        return patched(decision.patch, decision.warnings, decision.audit_annotations)
-    # Why the pod is left alone ("not a GPU pod"): the API server ignores it, people debugging
-    # with a captured review do not.
-    return Reply(
-        allowed=True,
-        status=Status(code=HTTPStatus.OK.value, message=decision.message),
-        warnings=decision.warnings,
-        audit_annotations=dict(decision.audit_annotations),
-    )
 
 
 def complete(reply: Reply, uid: str) -> AdmissionReview:

@@ -9,9 +9,9 @@ from starlette.testclient import TestClient
 from gpumem.policy_file import PolicyFile
 from tests.http.webhook.reviews import POLICY_YAML
 from webhook.app import ClusterSource, Dependencies, FixedCluster, create_app
-from webhook.decide import ClusterView
 from webhook.metrics import WebhookMetrics
 from webhook.settings import Settings
+from webhook.view import ClusterView
 
 KNOWN_CLUSTER = ClusterView(
     namespace_labels={"immich": {}},

@@ -26,10 +26,11 @@ from starlette.types import ASGIApp, Message
 
 from gpumem.policy_file import PolicyFile
 from webhook.app import Dependencies, create_app
-from webhook.decide import ClusterView, decide
+from webhook.decide import decide
 from webhook.metrics import WebhookMetrics
 from webhook.models import parse_review
 from webhook.settings import Settings
+from webhook.view import ClusterView
 
 EXAMPLES = int(os.environ.get("VRAMGUARD_FUZZ_EXAMPLES", "10000"))
 

@@ -12,9 +12,9 @@ from starlette.testclient import TestClient
 
 from tests.http.webhook.reviews import decoded_patch, gpu_pod, patched, review, web_pod
 from webhook.app import FixedCluster
-from webhook.decide import ClusterView
 from webhook.metrics import WebhookMetrics
 from webhook.settings import MAX_BODY_BYTES
+from webhook.view import ClusterView
 
 JSON_HEADERS = {"content-type": "application/json"}
 ClientFactory = Callable[..., TestClient]

@@ -7,8 +7,10 @@ from typing import Any
 import jsonpatch
 
 from gpumem.policy import Policy, parse_policy
-from webhook.decide import ClusterView, Decision, decide
+from webhook.decide import decide
 from webhook.models import AdmissionRequest
+from webhook.responses import Reply
+from webhook.view import ClusterView
 
 GPUMEM = "vramguard.io/gpumem"
 GPU = "nvidia.com/gpu"
@@ -119,7 +121,7 @@ def request(
     )
 
 
-def applied(original: dict[str, Any], decision: Decision) -> dict[str, Any]:
+def applied(original: dict[str, Any], decision: Reply) -> dict[str, Any]:
     """The pod after the decision's patch, applied the way the API server does."""
     result: dict[str, Any] = jsonpatch.apply_patch(original, list(decision.patch))
     return result
@@ -130,7 +132,7 @@ def decide_pod(
     policy: Policy | None = None,
     cluster: ClusterView = CLUSTER,
     **request_fields: Any,
-) -> Decision:
+) -> Reply:
     return decide(request(obj, **request_fields), policy or make_policy(), cluster)
 
 

@@ -19,7 +19,7 @@ from webhook.cluster import (
     Retry,
     api_client,
 )
-from webhook.decide import ClassPriority, ClusterView
+from webhook.view import ClassPriority, ClusterView
 
 FAST = Retry(first=0.01, longest=0.05, min_watch=0.01)
 

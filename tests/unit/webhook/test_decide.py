@@ -20,10 +20,11 @@ from tests.unit.webhook.factories import (
     make_policy,
     pod,
 )
-from webhook.decide import ClassPriority, ClusterView, Decision
+from webhook.responses import Reply
+from webhook.view import ClassPriority, ClusterView
 
 
-def summary(original: dict[str, Any], decision: Decision) -> dict[str, Any]:
+def summary(original: dict[str, Any], decision: Reply) -> dict[str, Any]:
     """What the decision did to the pod, in the terms the tables below use."""
     result = applied(original, decision) if decision.allowed else original
     spec = result["spec"]
@@ -38,7 +39,7 @@ def summary(original: dict[str, Any], decision: Decision) -> dict[str, Any]:
     }
 
 
-def check(original: dict[str, Any], decision: Decision, expected: dict[str, Any]) -> None:
+def check(original: dict[str, Any], decision: Reply, expected: dict[str, Any]) -> None:
     got = summary(original, decision)
     assert {key: got[key] for key in expected} == expected, decision
 

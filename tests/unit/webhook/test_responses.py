@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 
 from webhook import responses
-from webhook.decide import Decision
 
 PATCH = ({"op": "add", "path": "/spec/a~1b", "value": "1"},)
 
@@ -72,18 +71,17 @@ def test_complete(reply: responses.Reply, expected: dict[str, Any]) -> None:
     assert response == expected
 
 
-def test_from_decision() -> None:
-    denial = responses.from_decision(Decision(allowed=False, message="no"))
+def test_decision_replies() -> None:
+    # decide builds its reply with these helpers (there is no separate Decision to translate).
+    denial = responses.denied("no")
     assert completed(denial)["status"] == {"code": 403, "reason": "Forbidden", "message": "no"}
-    unchanged = responses.from_decision(Decision(allowed=True, message="not a GPU pod"))
+    unchanged = responses.allowed("not a GPU pod")
     assert completed(unchanged) == {
         "uid": "u-9",
         "allowed": True,
         "status": {"code": 200, "message": "not a GPU pod"},
     }
-    change = responses.from_decision(
-        Decision(allowed=True, message="patched", patch=PATCH, warnings=("w",))
-    )
+    change = responses.patched(PATCH, ("w",))
     assert completed(change)["patchType"] == "JSONPatch"
 
 
