@@ -1,4 +1,5 @@
-"""Kubernetes resource quantities, read as GPU memory in MiB.
+"""Kubernetes resource quantities: their value (`parse_quantity`, one grammar for the whole
+project), and read as GPU memory in MiB (`parse_mib`).
 
 The gpumem extended resource counts MiB, so a plain number or a decimal suffix is a count of MiB
 ("3000" -> 3000, "5k" -> 5000). A binary suffix names bytes, the way people write memory
@@ -45,6 +46,19 @@ class QuantityError(ValueError):
     """A value that is not a Kubernetes quantity."""
 
 
+def parse_quantity(text: str, *, max_exponent: int = _MAX_EXPONENT) -> Fraction:
+    """The value of a Kubernetes quantity, signed: "15k" = 15000, "2Ki" = 2048, "1.5e3" = 1500,
+    "-1" = -1; surrounding whitespace is ignored.
+
+    Raises QuantityError when `text` is not a quantity, or when its decimal exponent is beyond
+    +-max_exponent.
+    """
+    stripped = text.strip()
+    match = _match(stripped)
+    value = _magnitude(match, stripped, max_exponent)
+    return -value if match["sign"] == "-" else value
+
+
 def parse_mib(value: object) -> int:
     """Return a quantity of GPU memory as whole MiB, rounded up.
 
@@ -64,25 +78,40 @@ def parse_mib(value: object) -> int:
 
 @functools.lru_cache(maxsize=_CACHED_TEXTS)
 def _parse_text(text: str) -> int:
-    """parse_mib of a stripped string; errors are raised, not remembered."""
+    """parse_mib of a stripped string; errors are raised, not remembered.
+
+    parse_quantity's grammar and value, read as MiB: the sign is refused before the exponent
+    is looked at (a negative quantity says "negative", whatever its size), and a binary suffix
+    counts bytes."""
+    match = _match(text)
+    if match["sign"] == "-":
+        raise QuantityError(f"quantity {text!r} is negative")
+    mib = _magnitude(match, text, _MAX_EXPONENT)
+    if match["suffix"] in _BINARY:
+        mib /= MIB
+    return math.ceil(mib)
+
+
+def _match(text: str) -> re.Match[str]:
     match = _QUANTITY.match(text)
     if match is None:
         raise QuantityError(f"{text!r} is not a Kubernetes quantity (e.g. 3000, 5k, 3Gi)")
-    if match["sign"] == "-":
-        raise QuantityError(f"quantity {text!r} is negative")
+    return match
+
+
+def _magnitude(match: re.Match[str], text: str, max_exponent: int) -> Fraction:
+    """The unsigned value of a matched quantity."""
     number = Fraction(match["number"])
-    suffix = match["suffix"]
     exponent = match["exponent"]
     if exponent is not None:
         power = int(exponent)
-        if abs(power) > _MAX_EXPONENT:
+        if abs(power) > max_exponent:
             raise QuantityError(f"quantity {text!r} is out of range")
-        mib = number * Fraction(10) ** power
-    elif suffix in _BINARY:
-        mib = number * _BINARY[suffix] / MIB
-    else:
-        mib = number * _DECIMAL[suffix or ""]
-    return math.ceil(mib)
+        return number * Fraction(10) ** power
+    suffix = match["suffix"] or ""
+    if suffix in _BINARY:
+        return number * _BINARY[suffix]
+    return number * _DECIMAL[suffix]
 
 
 def format_mib(mib: int) -> str:

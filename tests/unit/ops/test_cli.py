@@ -18,7 +18,8 @@ from extender.advertise import Advertiser, NodeAPIError
 from ops import advertise, build_parser, common, main
 from ops.advertise import HealthServer
 from tests.unit.extender.factories import GPUMEM, make_node, make_policy
-from tests.unit.extender.test_advertise import FakeNodes, gpu_node
+from tests.unit.extender.test_advertise import FakeNodes
+from tests.unit.gpumem.test_advertise import gpu_node
 
 UNREACHABLE_KUBECONFIG = """\
 apiVersion: v1

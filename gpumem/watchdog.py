@@ -40,10 +40,12 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
-from extender.explain import PendingPod, judge_nodes, pending_pod
-from extender.snapshot import NodeState, PodView, Snapshot
+from gpumem.explain import judge_nodes
+from gpumem.fit import is_stale, staleness_text
 from gpumem.objects import mapping
+from gpumem.pending import PendingPod, pending_pod
 from gpumem.policy import ExtenderSettings, Policy
+from gpumem.state import NodeState, PodView, Snapshot
 
 Action = Literal["none", "recycle"]
 Reason = Literal[
@@ -143,7 +145,7 @@ class PodFacts:
 
 
 def pod_facts(raw_pods: Iterable[Mapping[str, Any]], policy: Policy) -> PodFacts:
-    """Pending GPU pods (extender.explain.pending_pod: unbound, of the served scheduler,
+    """Pending GPU pods (gpumem.pending.pending_pod: unbound, of the served scheduler,
     PodScheduled=False/Unschedulable, declaring GPU memory) and terminating pods."""
     pending: list[PendingPod] = []
     terminating: set[str] = set()
@@ -175,7 +177,7 @@ def decide(
 ) -> list[Decision]:
     """One Decision per GPU node (a node vramguard knows with a capacity or a live reading),
     sorted by name; with `only`, for those nodes alone. `settings` is the policy's extender
-    section: a Pending pod is judged by the extender's own fit rule (extender.fit)."""
+    section: a Pending pod is judged by the extender's own fit rule (gpumem.fit)."""
     nodes = snapshot.nodes
     gpu = sorted(name for name, node in nodes.items() if _is_gpu_node(node))
     facts = facts or PodFacts()
@@ -210,13 +212,13 @@ def _decide_node(node: NodeState, waiting: Sequence[PendingPod], context: _NodeC
     live = node.live
     if live is None:
         return Decision(name, "none", "telemetry-unavailable", "no live GPU memory telemetry")
-    if live.age(now) > limits.max_age_seconds:
+    if is_stale(live.sampled_at, limits.max_age_seconds, now):
         return Decision(
             name,
             "none",
             "telemetry-unavailable",
-            f"live GPU memory telemetry is {live.age(now):.0f}s old > maxAgeSeconds "
-            f"{limits.max_age_seconds:g} ({live.source})",
+            f"live GPU memory telemetry is {staleness_text(live, limits.max_age_seconds, now)} "
+            f"({live.source})",
         )
     free = live.free_mib
 

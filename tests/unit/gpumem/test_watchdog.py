@@ -1,4 +1,4 @@
-"""The watchdog's rule (extender.watchdog): every reason, the choice of the victim, and the
+"""The watchdog's rule (gpumem.watchdog): every reason, the choice of the victim, and the
 pods it must never choose (no declaration, within budget, excluded namespace, terminating)."""
 
 from __future__ import annotations
@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
-from extender.snapshot import Snapshot, TelemetryReading
-from extender.watchdog import (
+from gpumem.policy import Policy
+from gpumem.state import Snapshot, TelemetryReading
+from gpumem.watchdog import (
     NONE_REASONS,
     REASONS,
     RECYCLE_REASONS,
@@ -20,7 +21,6 @@ from extender.watchdog import (
     decide,
     pod_facts,
 )
-from gpumem.policy import Policy
 from tests.unit.extender.factories import (
     NOW,
     dcgm_reading,
