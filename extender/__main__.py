@@ -45,7 +45,7 @@ from extender.cluster import (
 from extender.metrics import ExtenderMetrics
 from extender.pending import PendingExplainer
 from extender.settings import Settings
-from extender.snapshot import ClusterStore
+from extender.store import ClusterStore
 from extender.telemetry import PrometheusQuery, TelemetryPoller
 from gpumem.policy_file import PolicyError, PolicyFile
 

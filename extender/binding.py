@@ -19,10 +19,11 @@ from dataclasses import dataclass
 from typing import Literal
 
 from extender.cluster import Binder, BindError
-from extender.fit import PREFIX, check_node
 from extender.models import ExtenderBindingArgs
-from extender.snapshot import ClusterStore, Reservation
+from extender.store import ClusterStore
+from gpumem.fit import PREFIX, check_node
 from gpumem.policy import ExtenderSettings
+from gpumem.state import Reservation
 
 log = logging.getLogger(__name__)
 

@@ -35,7 +35,8 @@ from extender.pending import (
     EventWriteError,
     NudgeRequest,
 )
-from extender.snapshot import GFD_MEMORY_LABEL, ClusterStore
+from extender.store import ClusterStore
+from gpumem.nodes import GFD_MEMORY_LABEL
 
 log = logging.getLogger(__name__)
 

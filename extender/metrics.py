@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from extender.snapshot import ClusterStore
+from extender.store import ClusterStore
 
 PREFIX = "vramguard_extender_"
 # The filter budget is a few milliseconds; the coarse defaults would hide it.

@@ -21,8 +21,9 @@ from prometheus_api_client import PrometheusConnect
 from urllib3.util.retry import Retry
 
 from extender.metrics import ExtenderMetrics
-from extender.snapshot import ClusterStore, PodKey, Sample, TelemetryReading
+from extender.store import ClusterStore
 from gpumem.policy import Policy, Telemetry
+from gpumem.state import PodKey, Sample, TelemetryReading
 
 log = logging.getLogger(__name__)
 

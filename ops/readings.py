@@ -22,10 +22,11 @@ from kubernetes.client.exceptions import ApiException
 
 from extender.cluster import RawObject, Resource, ResourceWatch, core_api
 from extender.metrics import ExtenderMetrics
-from extender.snapshot import ClusterStore, PodKey, Snapshot, TelemetryReading
+from extender.store import ClusterStore
 from extender.telemetry import PrometheusQuery, TelemetryError, plan_queries, read_telemetry
 from gpumem.policy import Policy
 from gpumem.policy_file import PolicyError, PolicyFile
+from gpumem.state import PodKey, Snapshot, TelemetryReading
 
 API_TIMEOUT_SECONDS = 30
 PROMETHEUS_TIMEOUT_SECONDS = 10.0

@@ -36,8 +36,9 @@ import uvicorn
 
 from extender.app import ExtenderDeps, FixedPolicy, create_app
 from extender.settings import Settings
-from extender.snapshot import ClusterStore, Sample, TelemetryReading
+from extender.store import ClusterStore
 from gpumem.policy import Policy
+from gpumem.state import Sample, TelemetryReading
 from tests.bench.table import Row, Target
 
 GPUMEM = "vramguard.io/gpumem"

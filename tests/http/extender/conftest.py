@@ -14,8 +14,9 @@ from extender.app import ExtenderDeps, FixedPolicy, create_app
 from extender.cluster import BindError
 from extender.metrics import ExtenderMetrics
 from extender.settings import Settings
-from extender.snapshot import ClusterStore, TelemetryReading
+from extender.store import ClusterStore
 from gpumem.policy import Policy
+from gpumem.state import TelemetryReading
 from tests.unit.extender.factories import NOW, dcgm_reading, make_node, make_pod, make_policy
 
 

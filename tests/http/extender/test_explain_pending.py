@@ -13,7 +13,7 @@ from extender.app import ExtenderDeps, FixedPolicy, create_app
 from extender.cluster import KubernetesBinder, KubernetesEvents
 from extender.metrics import ExtenderMetrics
 from extender.pending import PendingExplainer
-from extender.snapshot import ClusterStore
+from extender.store import ClusterStore
 from tests.http.extender.conftest import make_settings
 from tests.http.extender.test_request_path import BindingResponse, Tripwire
 from tests.unit.extender.factories import (

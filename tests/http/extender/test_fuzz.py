@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from extender.snapshot import ClusterStore
+from extender.store import ClusterStore
 from tests.http.extender.conftest import Harness
 from tests.unit.extender.factories import make_pod, make_policy
 

@@ -13,7 +13,7 @@ from starlette.testclient import TestClient
 from extender.app import ExtenderDeps, FixedPolicy, create_app
 from extender.cluster import KubernetesBinder, node_watch, pod_watch
 from extender.metrics import ExtenderMetrics
-from extender.snapshot import ClusterStore
+from extender.store import ClusterStore
 from extender.telemetry import TelemetryPoller
 from gpumem.policy_file import PolicyFile
 from tests.http.extender.conftest import FakeBinder, make_settings

@@ -10,7 +10,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from extender.app import ExtenderDeps, FixedPolicy, create_app
-from extender.snapshot import ClusterStore
+from extender.store import ClusterStore
 from gpumem.policy import Policy
 from tests.http.extender.conftest import FakeBinder, Harness, make_settings
 from tests.unit.extender.factories import NOW, dcgm_reading, make_pod, make_policy

@@ -6,9 +6,10 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from extender.snapshot import ClusterStore, Sample, TelemetryReading
+from extender.store import ClusterStore
 from gpumem.demand import ResourceNames
 from gpumem.policy import Policy
+from gpumem.state import Sample, TelemetryReading
 
 NOW = 1_700_000_000.0
 GPUMEM = "vramguard.io/gpumem"

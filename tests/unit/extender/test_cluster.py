@@ -27,7 +27,7 @@ from extender.pending import (
     EventWriteError,
     NudgeRequest,
 )
-from extender.snapshot import ClusterStore
+from extender.store import ClusterStore
 from tests.unit.extender.factories import make_node, make_pod, make_policy
 
 

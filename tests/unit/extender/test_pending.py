@@ -20,7 +20,7 @@ from extender.pending import (
     NudgeRequest,
     PendingExplainer,
 )
-from extender.snapshot import ClusterStore
+from extender.store import ClusterStore
 from tests.unit.extender.factories import (
     NOW,
     dcgm_reading,

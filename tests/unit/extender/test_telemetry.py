@@ -6,7 +6,7 @@ from typing import Any
 import pytest
 
 from extender.metrics import ExtenderMetrics
-from extender.snapshot import ClusterStore, Sample
+from extender.store import ClusterStore
 from extender.telemetry import (
     Query,
     QueryPlan,
@@ -20,6 +20,7 @@ from extender.telemetry import (
     sample_times,
 )
 from gpumem.policy import Telemetry
+from gpumem.state import Sample
 from tests.unit.extender.factories import NOW, make_node, make_pod, make_policy
 
 NODE_LABELS = ("Hostname", "hostname", "node", "kubernetes_node", "instance")

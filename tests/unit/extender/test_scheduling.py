@@ -1,6 +1,7 @@
+"""/filter, /prioritize and preemption vetting over a snapshot (extender.scheduling)."""
+
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
@@ -9,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from extender.fit import check_node, filter_nodes, score_nodes, vet_preemption
-from extender.snapshot import Reservation, Snapshot, TelemetryReading
+from extender.scheduling import filter_nodes, score_nodes, vet_preemption
 from gpumem.demand import read_demand
+from gpumem.state import Reservation, Snapshot, TelemetryReading
 from tests.unit.extender.factories import (
     NAMES,
     NOW,
@@ -258,19 +259,6 @@ def test_filter_counts_refusals_by_kind_and_budget_only_passes() -> None:
     assert set(result.unresolvable) == {"cpu"}
 
 
-def test_warmup_ends_with_time() -> None:
-    policy = make_policy()
-    store = make_store(
-        policy,
-        [a10g(allocatable_mib=14000)],
-        [on_node("a", 3000, started_at=NOW - 30)],
-        dcgm_reading({NODE: 6000}),
-    )
-    node = store.snapshot().node(NODE)
-    assert check_node(3000, NODE, node, policy.extender, NOW).refusal is not None
-    assert check_node(3000, NODE, node, policy.extender, NOW + 100).refusal is None
-
-
 # --- scoring ---------------------------------------------------------------------------------
 
 
@@ -506,11 +494,3 @@ def test_fast_path_agrees_with_the_full_rule(
     assert score_nodes(pod_demand, names, fast, policy.extender, now) == score_nodes(
         pod_demand, names, slow, policy.extender, now
     )
-
-
-def test_fast_path_is_taken_where_it_applies() -> None:
-    policy = make_policy()
-    store = make_store(policy, [a10g(allocatable_mib=14000)], [], dcgm_reading({NODE: 9000}))
-    assert store.snapshot().node(NODE).quick == (14000, 9000, NOW - 8, -math.inf, math.inf, 0)
-    store.reserve(Reservation("r", "x", "y", NODE, 100, NOW + 60))
-    assert store.snapshot().node(NODE).quick is None  # reservations: the full rule

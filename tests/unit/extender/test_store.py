@@ -1,3 +1,5 @@
+"""The locked store and the snapshots it publishes (extender.store)."""
+
 from __future__ import annotations
 
 import math
@@ -6,14 +8,9 @@ from typing import Any
 
 import pytest
 
-from extender.snapshot import (
-    ClusterStore,
-    Reservation,
-    node_capacity,
-    node_facts,
-    pod_record,
-)
+from extender.store import ClusterStore
 from gpumem.policy import Policy
+from gpumem.state import Reservation
 from tests.unit.extender.factories import (
     NOW,
     dcgm_reading,
@@ -22,8 +19,6 @@ from tests.unit.extender.factories import (
     make_policy,
     rfc3339,
 )
-
-NAMES = Policy().resource_names
 
 
 class Clock:
@@ -168,27 +163,6 @@ def test_release_rolls_back() -> None:
     assert store.snapshot().node("gpu-1").reservations == ()
 
 
-@pytest.mark.parametrize(
-    ("node", "capacity", "source"),
-    [
-        (make_node("n", allocatable_mib=14000), 14000, "allocatable"),
-        (
-            make_node("n", allocatable_mib=14000, gfd_memory_mib=24576, gfd_count=1),
-            14000,
-            "allocatable",
-        ),
-        (make_node("n", gfd_memory_mib=24576, gfd_count=1), 24576 - 1024, "gfd"),
-        (make_node("n", gfd_memory_mib=24576, gfd_count=4), 4 * 24576 - 1024, "gfd"),
-        (make_node("n", gfd_memory_mib=24576), 24576 - 1024, "gfd"),
-        (make_node("n", gfd_memory_mib=512, gfd_count=1), 0, "gfd"),
-        (make_node("n"), None, "none"),
-    ],
-)
-def test_node_capacity(node: dict[str, Any], capacity: int | None, source: str) -> None:
-    result = node_capacity(node_facts(node), "vramguard.io/gpumem", 1024)
-    assert (result.mib, result.source) == (capacity, source)
-
-
 def test_node_heartbeats_do_not_rebuild() -> None:
     store = store_with(make_node("gpu-1", allocatable_mib=14000))
     before = store.snapshot()
@@ -258,66 +232,6 @@ def test_policy_change_reapplies_capacity_and_reports_resource_name_changes() ->
     assert not store.set_policy(make_policy(capacitySlackMiB=2048))
     assert store.snapshot().node("gpu-1").capacity.mib == 16384 - 2048
     assert store.set_policy(Policy(gpumem_resource_name="example.com/vram"))
-
-
-# --- reading pods ------------------------------------------------------------------------------
-
-
-def test_pod_record_of_a_running_pod() -> None:
-    record = pod_record(make_pod("a", 3000, node="gpu-1", started_at=NOW - 50), NAMES)
-    assert record is not None
-    assert (record.node, record.declared_mib, record.warm_from) == ("gpu-1", 3000, NOW - 50)
-
-
-def test_warm_up_starts_at_the_later_of_scheduling_and_container_start() -> None:
-    pod = make_pod("a", 3000, node="gpu-1", started_at=NOW - 9000)
-    record = pod_record(pod, NAMES)
-    assert record is not None
-    assert record.warm_from == NOW - 7000  # PodScheduled
-
-
-def test_waiting_gpu_container_has_not_started() -> None:
-    record = pod_record(make_pod("a", 3000, node="gpu-1", started_at=None), NAMES)
-    assert record is not None
-    assert record.warm_from is None
-
-
-def test_restarted_container_warms_up_again() -> None:
-    pod = make_pod("a", 3000, node="gpu-1", started_at=NOW - 10)
-    pod["status"]["containerStatuses"][0]["restartCount"] = 3
-    record = pod_record(pod, NAMES)
-    assert record is not None
-    assert record.warm_from == NOW - 10
-
-
-def test_only_gpu_containers_decide_warm_up() -> None:
-    pod = make_pod("a", 3000, node="gpu-1", started_at=NOW - 500)
-    pod["spec"]["initContainers"] = [
-        {"name": "fetch-model", "image": "busybox", "resources": {}},
-    ]
-    pod["spec"]["containers"].append({"name": "sidecar", "image": "envoy", "resources": {}})
-    pod["status"]["initContainerStatuses"] = [
-        {"name": "fetch-model", "state": {"terminated": {"exitCode": 0}}}
-    ]
-    pod["status"]["containerStatuses"].append(
-        {"name": "sidecar", "state": {"waiting": {"reason": "CrashLoopBackOff"}}}
-    )
-    record = pod_record(pod, NAMES)
-    assert record is not None
-    assert record.warm_from == NOW - 500
-
-
-def test_pod_without_uid_or_gpu_is_not_recorded() -> None:
-    no_uid = make_pod("a", 3000, node="gpu-1")
-    del no_uid["metadata"]["uid"]
-    assert pod_record(no_uid, NAMES) is None
-    assert pod_record(make_pod("web", None, node="gpu-1", gpu=False), NAMES) is None
-
-
-def test_gpu_pod_without_gpumem_counts_zero() -> None:
-    record = pod_record(make_pod("a", None, node="gpu-1"), NAMES)
-    assert record is not None
-    assert record.declared_mib == 0
 
 
 def test_not_started_pod_warms_forever() -> None:

@@ -1,0 +1,158 @@
+"""The extender's three scheduling verbs over a frozen Snapshot: /filter (filter_nodes),
+/prioritize (score_nodes) and preemption (vet_preemption), each the fit rule of gpumem.fit
+applied to the candidate nodes.
+
+Pure: frozen data in, data out, the caller passes the time. The scores use the extender wire
+protocol's priority range (extender.models), which is why this lives in the extender.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from extender.models import MAX_EXTENDER_PRIORITY, MIN_EXTENDER_PRIORITY
+from gpumem.demand import PodDemand
+from gpumem.fit import (
+    NO_RELIEF,
+    Limits,
+    RefusalKind,
+    check_node,
+    evaluate,
+    quick_headroom,
+    victims_relief,
+)
+from gpumem.policy import ExtenderSettings
+from gpumem.state import Snapshot
+
+
+@dataclass(frozen=True)
+class FilterResult:
+    passed: tuple[str, ...]
+    failed: dict[str, str] = field(default_factory=dict)
+    unresolvable: dict[str, str] = field(default_factory=dict)
+    refusals_by_kind: Mapping[RefusalKind, int] = field(default_factory=dict)
+    # Nodes that passed without a live check (budget-only), for the stale-mode metric.
+    live_skipped: int = 0
+
+
+@dataclass(frozen=True)
+class PreemptionVetting:
+    kept: tuple[str, ...]
+    refused: dict[str, str] = field(default_factory=dict)
+
+
+def need_mib(demand: PodDemand) -> int:
+    """The MiB a pod asks for; 0 means it has no GPU-memory demand and passes untouched."""
+    return demand.declared_mib or 0
+
+
+def filter_nodes(
+    demand: PodDemand,
+    candidates: Sequence[str],
+    snapshot: Snapshot,
+    settings: ExtenderSettings,
+    now: float,
+) -> FilterResult:
+    """Split the candidates into nodes where the pod fits and refusals with their reasons."""
+    need = need_mib(demand)
+    if need == 0:
+        return FilterResult(passed=tuple(candidates))
+    passed: list[str] = []
+    failed: dict[str, str] = {}
+    unresolvable: dict[str, str] = {}
+    kinds: Counter[RefusalKind] = Counter()
+    live_skipped = 0
+    nodes = snapshot.nodes
+    limits = Limits.of(settings)
+    floor, max_age = limits.floor_mib, limits.max_age_seconds
+    for name in candidates:
+        node = nodes.get(name)
+        # The fast path where it applies (gpumem.fit.quick_headroom), else the full rule.
+        quick = node.quick if node is not None else None
+        if quick is not None and quick_headroom(quick, need, floor, max_age, now) is not None:
+            passed.append(name)
+            continue
+        refusal, _, skipped = evaluate(need, node, limits, now, NO_RELIEF)
+        if refusal is None:
+            passed.append(name)
+            live_skipped += skipped
+            continue
+        kinds[refusal.kind] += 1
+        (failed if refusal.resolvable else unresolvable)[name] = refusal.message
+    return FilterResult(tuple(passed), failed, unresolvable, kinds, live_skipped)
+
+
+def score_nodes(
+    demand: PodDemand,
+    candidates: Sequence[str],
+    snapshot: Snapshot,
+    settings: ExtenderSettings,
+    now: float,
+) -> list[tuple[str, int]]:
+    """Scores from MIN to MAX_EXTENDER_PRIORITY; a node where the pod does not fit scores MIN,
+    the others 1..MAX by their headroom relative to the largest headroom among candidates.
+
+    binpack ranks the tightest fit highest so the large holes stay free for large pods;
+    spread ranks the largest headroom highest.
+    """
+    need = need_mib(demand)
+    if need == 0:
+        return [(name, MIN_EXTENDER_PRIORITY) for name in candidates]
+    limits = Limits.of(settings)
+    nodes = snapshot.nodes
+    # Headroom per candidate, None where the pod does not fit.
+    floor, max_age = limits.floor_mib, limits.max_age_seconds
+    headrooms: list[int | None] = []
+    for name in candidates:
+        node = nodes.get(name)
+        quick = node.quick if node is not None else None
+        if quick is not None:  # the fast path, as in filter_nodes
+            headroom = quick_headroom(quick, need, floor, max_age, now)
+            if headroom is not None:
+                headrooms.append(headroom)
+                continue
+        refusal, room, _ = evaluate(need, node, limits, now, NO_RELIEF)
+        headrooms.append(None if refusal is not None else max(0, room))
+    largest = max((h for h in headrooms if h is not None), default=0)
+    span = MAX_EXTENDER_PRIORITY - MIN_EXTENDER_PRIORITY - 1
+    binpack = settings.scoring == "binpack"
+    scores = []
+    for name, headroom in zip(candidates, headrooms, strict=True):
+        if headroom is None:
+            scores.append((name, MIN_EXTENDER_PRIORITY))
+            continue
+        share = headroom / largest if largest > 0 else 0.0
+        if binpack:
+            share = 1.0 - share
+        scores.append((name, MIN_EXTENDER_PRIORITY + 1 + round(span * share)))
+    return scores
+
+
+def vet_preemption(
+    demand: PodDemand,
+    victims_by_node: Mapping[str, Sequence[str]],
+    snapshot: Snapshot,
+    settings: ExtenderSettings,
+    now: float,
+) -> PreemptionVetting:
+    """Keep a candidate node only if evicting its proposed victims (UIDs) makes the pod fit.
+
+    The victim sets are kept as proposed: the scheduler chose them for every resource, so
+    dropping one here could leave CPU or memory short.
+    """
+    need = need_mib(demand)
+    if need == 0:
+        return PreemptionVetting(kept=tuple(victims_by_node))
+    kept: list[str] = []
+    refused: dict[str, str] = {}
+    for name, uids in victims_by_node.items():
+        node = snapshot.nodes.get(name)
+        relief = victims_relief(node, uids, now) if node is not None else NO_RELIEF
+        fit = check_node(need, name, node, settings, now, relief=relief)
+        if fit.refusal is None:
+            kept.append(name)
+        else:
+            refused[name] = fit.refusal.message
+    return PreemptionVetting(tuple(kept), refused)

@@ -1,0 +1,138 @@
+"""Building the NodeState of one node (pure): its capacity, its pods' views, how much of their
+budgets is not in use yet, and its live free VRAM.
+
+The extender's store (extender.store) calls build_node_state for each node a writer touched;
+the caller passes the time.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+from gpumem.nodes import Capacity, NodeFacts, node_capacity
+from gpumem.pods import PodRecord
+from gpumem.policy import ExtenderSettings, Policy
+from gpumem.state import (
+    NO_LABELS,
+    LiveView,
+    NodeState,
+    PodView,
+    QuickFit,
+    Reservation,
+    Sample,
+    TelemetryReading,
+)
+
+
+def build_node_state(
+    name: str,
+    *,
+    facts: NodeFacts | None,
+    pods: Iterable[PodRecord],
+    declared_mib: int,
+    reservations: Iterable[Reservation],
+    reading: TelemetryReading | None,
+    pods_used: Sample | None,
+    policy: Policy,
+    built_at: float,
+) -> NodeState:
+    settings = policy.extender
+    capacity = node_capacity(facts, policy.gpumem_resource_name, settings.capacity_slack_mib)
+    pod_used = reading.pod_used if reading is not None else None
+    per_pod_usage = pod_used is not None
+    views = []
+    idle_base = 0
+    idle_warming = []
+    for record in pods:
+        used = pod_used.get(record.key) if pod_used is not None else None
+        view = PodView(
+            uid=record.uid,
+            namespace=record.namespace,
+            name=record.name,
+            declared_mib=record.declared_mib,
+            used_mib=used.mib if used is not None else None,
+            warm_until=(
+                record.warm_from + settings.warmup_seconds
+                if record.warm_from is not None
+                else math.inf
+            ),
+        )
+        views.append(view)
+        base, warming = idle_budget(view, per_pod_usage)
+        idle_base += base
+        if warming:
+            idle_warming.append((view.warm_until, warming))
+    live = live_view(name, capacity, reading, pods_used, settings)
+    reserved = tuple(reservations)
+    window = _idle_window(idle_base, idle_warming, built_at)
+    quick = None
+    if facts is not None and capacity.mib is not None and live is not None and not reserved:
+        quick = QuickFit(capacity.mib - declared_mib, live.free_mib, live.sampled_at, *window)
+    return NodeState(
+        name=name,
+        known=facts is not None,
+        capacity=capacity,
+        declared_mib=declared_mib,
+        pods=tuple(views),
+        reservations=reserved,
+        live=live,
+        per_pod_usage=per_pod_usage,
+        idle_base_mib=idle_base,
+        idle_warming=tuple(idle_warming),
+        idle_window=window,
+        quick=quick,
+        labels=facts.labels if facts is not None else NO_LABELS,
+    )
+
+
+def _idle_window(
+    base: int, warming: list[tuple[float, int]], at: float
+) -> tuple[float, float, int]:
+    """The span around `at` in which the set of warming pods does not change, and the
+    not-yet-using MiB within it."""
+    start = max((until for until, _ in warming if until <= at), default=-math.inf)
+    end = min((until for until, _ in warming if until > at), default=math.inf)
+    return start, end, base + sum(mib for until, mib in warming if until > at)
+
+
+def idle_budget(pod: PodView, per_pod_usage: bool) -> tuple[int, int]:
+    """How much of a pod's budget is not in use yet: (MiB at any time, MiB while warming up).
+
+    A pod that has not allocated its VRAM yet does not show in the live free figure, so the
+    live check subtracts its budget. With per-pod usage, a pod absent from it is not using
+    anything at any age; a warming pod that is present counts only declared - used, because
+    the part it already allocated is already missing from free VRAM and subtracting its whole
+    budget would count that part twice. Without per-pod usage only the warm-up window says
+    whether a pod has allocated yet.
+    """
+    if not per_pod_usage:
+        return 0, pod.declared_mib
+    if pod.used_mib is None:
+        return pod.declared_mib, 0
+    return 0, max(0, pod.declared_mib - pod.used_mib)
+
+
+def live_view(
+    name: str,
+    capacity: Capacity,
+    reading: TelemetryReading | None,
+    pods_used: Sample | None,
+    settings: ExtenderSettings,
+) -> LiveView | None:
+    """Live free VRAM of a node: reported free, else total - used, where total comes from a
+    query, GFD labels or nodeTotalMiB, and used from a query or the sum of the node's pods."""
+    if reading is None:
+        return None
+    used = reading.used.get(name) if reading.has_node_usage else pods_used
+    free = reading.free.get(name)
+    if free is not None:
+        return LiveView(free.mib, used.mib if used else None, free.sampled_at, reading.source)
+    total = reading.total.get(name)
+    total_mib = total.mib if total is not None else capacity.card_total_mib
+    if total_mib is None:
+        total_mib = settings.telemetry.node_total_mib
+    if total_mib is None or used is None:
+        return None
+    sampled_at = min(used.sampled_at, total.sampled_at) if total else used.sampled_at
+    return LiveView(max(0, total_mib - used.mib), used.mib, sampled_at, reading.source)

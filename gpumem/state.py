@@ -1,0 +1,173 @@
+"""The frozen state a request reads: telemetry as the store receives it, and per node the
+pods, reservations and live figures the fit rule (gpumem.fit) judges.
+
+Built by gpumem.nodestate, published by the extender's store (extender.store); nothing here
+changes after it is built.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import NamedTuple
+
+from gpumem.nodes import Capacity
+
+PodKey = tuple[str, str]
+NO_LABELS: Mapping[str, str] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """VRAM promised at bind time to a pod the watch does not show on its node yet."""
+
+    uid: str
+    namespace: str
+    name: str
+    node: str
+    mib: int
+    expires_at: float
+
+
+# --- Telemetry as the store receives it --------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    mib: int
+    sampled_at: float
+
+
+@dataclass(frozen=True)
+class TelemetryReading:
+    """One successful fetch. Node maps are keyed by Node name; pod_used is None when the source
+    has no per-pod usage, which changes what counts as "not yet using" (see build_node_state)."""
+
+    source: str
+    fetched_at: float
+    free: Mapping[str, Sample] = field(default_factory=dict)
+    used: Mapping[str, Sample] = field(default_factory=dict)
+    total: Mapping[str, Sample] = field(default_factory=dict)
+    pod_used: Mapping[PodKey, Sample] | None = None
+    # False when the source reports only per-pod usage (pod-exporter): node usage is then the
+    # sum of the node's pods.
+    has_node_usage: bool = True
+
+
+@dataclass(frozen=True)
+class TelemetryStatus:
+    source: str
+    fetched_at: float | None = None
+    failing: bool = False
+    error: str | None = None
+
+    @property
+    def fetched_once(self) -> bool:
+        return self.fetched_at is not None
+
+
+# --- The frozen state a request reads -----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PodView:
+    uid: str
+    namespace: str
+    name: str
+    declared_mib: int
+    used_mib: int | None
+    warm_until: float
+
+    def warming(self, now: float) -> bool:
+        return now < self.warm_until
+
+
+@dataclass(frozen=True, slots=True)
+class LiveView:
+    free_mib: int
+    used_mib: int | None
+    sampled_at: float
+    source: str
+
+    def age(self, now: float) -> float:
+        # A clock a little ahead on the Prometheus side must not read as negative age.
+        return max(0.0, now - self.sampled_at)
+
+
+class QuickFit(NamedTuple):
+    """What the fast path of /filter and /prioritize reads (gpumem.fit.quick_headroom), for a
+    node that can take it: no reservations, a capacity and live telemetry. A tuple because
+    /filter unpacks it for every candidate node."""
+
+    room_mib: int  # capacity - declared
+    free_mib: int  # live free
+    sampled_at: float
+    # The idle window (NodeState.idle_window): from, until, not-yet-using MiB within it.
+    idle_from: float
+    idle_until: float
+    idle_mib: int
+
+
+@dataclass(frozen=True, slots=True)
+class NodeState:
+    name: str
+    known: bool
+    capacity: Capacity
+    declared_mib: int
+    pods: tuple[PodView, ...]
+    reservations: tuple[Reservation, ...]
+    live: LiveView | None
+    per_pod_usage: bool
+    # "Not yet using" MiB: idle_base counts at any time, each (until, MiB) in idle_warming
+    # only while now < until. /filter asks this of every candidate node, so the sum is also
+    # kept for the window around the build time in which no warm-up starts or ends
+    # (idle_window), which is where requests fall: the snapshot is rebuilt every refresh.
+    idle_base_mib: int
+    idle_warming: tuple[tuple[float, int], ...]
+    idle_window: tuple[float, float, int]
+    # What the fast path needs, when the node can take it (see QuickFit).
+    quick: QuickFit | None
+    # The Node's labels (empty for a node the watch has not shown): the pod-side selectors
+    # of gpumem.explain read them; the fit rule does not.
+    labels: Mapping[str, str] = field(default_factory=lambda: NO_LABELS)
+
+    def reserved_mib(self, now: float) -> int:
+        if not self.reservations:
+            return 0
+        return sum(r.mib for r in self.reservations if r.expires_at > now)
+
+    def not_yet_using_mib(self, now: float) -> int:
+        """Declared VRAM of pods on the node that is not in use yet, so not missing from the
+        live free figure either; reservations come on top (see gpumem.fit)."""
+        start, end, cached = self.idle_window
+        if start <= now < end:
+            return cached
+        return self.idle_base_mib + sum(mib for until, mib in self.idle_warming if now < until)
+
+    def pod(self, uid: str) -> PodView | None:
+        for pod in self.pods:
+            if pod.uid == uid:
+                return pod
+        return None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    nodes: Mapping[str, NodeState]
+    telemetry: TelemetryStatus
+    synced: bool
+    version: int
+
+    def node(self, name: str) -> NodeState | None:
+        return self.nodes.get(name)
+
+
+@dataclass(frozen=True, slots=True)
+class BindablePod:
+    """What /bind needs to know about the pod it binds."""
+
+    namespace: str
+    name: str
+    need_mib: int
+    bound_node: str | None
