@@ -33,21 +33,24 @@ from extender.app import (
     create_metrics_app,
     describe_validation,
 )
-from extender.cluster import (
-    KubernetesBinder,
-    KubernetesEvents,
-    KubernetesNodes,
-    PodListener,
-    core_api,
-    node_watch,
-    pod_watch,
-)
 from extender.metrics import ExtenderMetrics
-from extender.pending import PendingExplainer
+from extender.pending import (
+    EVENT_COMPONENT,
+    EVENT_REASON,
+    FITS_CONDITION,
+    FITS_REASON,
+    PendingExplainer,
+)
 from extender.settings import Settings
 from extender.store import ClusterStore
 from extender.telemetry import PrometheusQuery, TelemetryPoller
+from extender.watches import PodListener, node_watch, pod_watch
 from gpumem.policy_file import PolicyError, PolicyFile
+from kube.binder import KubernetesBinder
+from kube.client import core_api
+from kube.conditions import KubernetesNudger
+from kube.events import KubernetesEvents
+from kube.nodes import KubernetesNodes
 
 log = logging.getLogger("extender")
 
@@ -126,8 +129,11 @@ def build_deps(settings: Settings, policy_file: PolicyFile) -> ExtenderDeps:
     if settings.explain_pending:
         explainer = PendingExplainer(
             store,
-            KubernetesEvents(core, instance=socket.gethostname()),
+            KubernetesEvents(
+                core, reason=EVENT_REASON, component=EVENT_COMPONENT, instance=socket.gethostname()
+            ),
             metrics,
+            nudger=KubernetesNudger(core, condition=FITS_CONDITION, reason=FITS_REASON),
             scheduler_name=settings.scheduler_name,
             min_interval=settings.explain_interval_seconds,
         )

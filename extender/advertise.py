@@ -1,7 +1,7 @@
 """Advertise each GPU node's GPU memory: passes over the cluster that apply the plan.
 
 The plan (which nodes, which value, which patch) is gpumem.advertise's. `Advertiser` runs passes
-through a `NodeClient` (extender.cluster.KubernetesNodes in production), re-asserting the value
+through a `NodeClient` (kube.nodes.KubernetesNodes in production), re-asserting the value
 every interval because a Node that is recreated, or a kubelet that re-registers, loses it:
 `vramguard advertise` runs them as its own Deployment, `AdvertiserService` in a thread of the
 extender (--advertise-interval).
@@ -19,18 +19,15 @@ from typing import Any, Protocol
 
 from gpumem.advertise import NodeAdvert, plan_nodes
 from gpumem.policy import Policy
+from kube.errors import NodeAPIError
 
 log = logging.getLogger(__name__)
 
 RawObject = dict[str, Any]
 
 
-class NodeAPIError(Exception):
-    """A call to the API failed; the message says why, for a person."""
-
-
 class NodeClient(Protocol):
-    """The API calls the advertiser makes (extender.cluster.KubernetesNodes)."""
+    """The API calls the advertiser makes (kube.nodes.KubernetesNodes)."""
 
     def list_gpu_nodes(self) -> list[RawObject]:
         """Every node carrying the GFD memory label; raises NodeAPIError."""

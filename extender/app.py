@@ -27,8 +27,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from extender.binding import BindCoordinator
-from extender.cluster import Binder
+from extender.binding import BindCoordinator, Binder
 from extender.fit import FilterResult, filter_nodes, need_mib, score_nodes, vet_preemption
 from extender.metrics import ExtenderMetrics
 from extender.models import (

@@ -16,18 +16,25 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
-from extender.cluster import Binder, BindError
 from extender.models import ExtenderBindingArgs
 from extender.store import ClusterStore
 from gpumem.fit import PREFIX, check_node
 from gpumem.policy import ExtenderSettings
 from gpumem.state import Reservation
+from kube.errors import BindError
 
 log = logging.getLogger(__name__)
 
 BindResult = Literal["bound", "refused", "unknown-pod", "api-error"]
+
+
+class Binder(Protocol):
+    """Creates the Binding (kube.binder.KubernetesBinder in production)."""
+
+    def bind(self, namespace: str, name: str, uid: str, node: str) -> None:
+        """Bind the pod to the node (blocking); raise BindError on failure."""
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 Three parts, each on its own thread:
 
-- the pod watch (extender.cluster) hands every pod to `PendingExplainer.apply_pod_event`,
+- the pod watch (extender.watches) hands every pod to `PendingExplainer.apply_pod_event`,
   which keeps the set of the served scheduler's unschedulable GPU pods: a few dict operations,
   and for a pod that just became unschedulable a nudge to the evaluator. No fit work there.
 - the evaluator wakes on a nudge and every `interval` seconds, evaluates the pods that may get
@@ -10,7 +10,7 @@ Three parts, each on its own thread:
   saying (EventThrottle) on a small bounded queue; when the queue is full the Event is dropped,
   counted, and tried again on the next pass.
 - the recorder takes Events off the queue and writes them through an EventSink
-  (extender.cluster.KubernetesEvents), the only API calls of the feature. A failure is counted
+  (kube.events.KubernetesEvents), the only API calls of the feature. A failure is counted
   and logged once per change of what goes wrong.
 
 A Pending pod that fits somewhere now (VRAM freed since the scheduler gave up) gets no Event
@@ -38,6 +38,7 @@ from extender.fit import PREFIX
 from extender.metrics import ExtenderMetrics
 from extender.snapshot import ClusterStore
 from gpumem.policy import Policy
+from kube.errors import EventExists, EventMissing, WriteError
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ EVENT_REASON = "GPUMemoryUnavailable"
 EVENT_COMPONENT = "vramguard-extender"
 QUEUE_SIZE = 32
 FITS_CONDITION = "vramguard.io/GPUMemoryFits"
+FITS_REASON = "FitsNow"
 Result = Literal["created", "refreshed", "duplicate", "dropped", "error", "nudged"]
 
 
@@ -72,22 +74,6 @@ class NudgeRequest:
     message: str
 
 
-class EventExists(Exception):
-    """The Event is there already (409): another replica, or this one before a restart."""
-
-
-class EventMissing(Exception):
-    """The Event to refresh is gone (404): expired past the API's event TTL."""
-
-
-class EventWriteError(Exception):
-    """Writing the Event failed; `problem` says what, without the pod (for logging once)."""
-
-    def __init__(self, problem: str) -> None:
-        super().__init__(problem)
-        self.problem = problem
-
-
 class EventSink(Protocol):
     def create(self, request: EventRequest, now: float) -> None:
         """Create the Event; raise EventExists or EventWriteError."""
@@ -95,8 +81,11 @@ class EventSink(Protocol):
     def refresh(self, request: EventRequest, now: float) -> None:
         """Set its count, message and last timestamp; raise EventMissing or EventWriteError."""
 
+
+
+class Nudger(Protocol):
     def nudge(self, request: NudgeRequest, now: float) -> None:
-        """Set the pod's FITS_CONDITION; raise EventWriteError."""
+        """Set the pod's FITS_CONDITION (kube.conditions.KubernetesNudger); raise NudgeError."""
 
 
 class PendingExplainer:
@@ -108,6 +97,7 @@ class PendingExplainer:
         sink: EventSink,
         metrics: ExtenderMetrics,
         *,
+        nudger: Nudger,
         scheduler_name: str,
         min_interval: float = 30.0,
         refresh_interval: float | None = 600.0,
@@ -117,6 +107,7 @@ class PendingExplainer:
     ) -> None:
         self._store = store
         self._sink = sink
+        self._nudger = nudger
         self._metrics = metrics
         self._scheduler_name = scheduler_name
         self._interval = interval
@@ -280,7 +271,7 @@ class PendingExplainer:
         result: Result
         try:
             if isinstance(request, NudgeRequest):
-                self._sink.nudge(request, now)
+                self._nudger.nudge(request, now)
                 result = "nudged"
             elif request.action == "refresh":
                 try:
@@ -294,7 +285,7 @@ class PendingExplainer:
                 result = "created"
         except EventExists:
             result = "duplicate"
-        except EventWriteError as err:
+        except WriteError as err:  # an Event's (EventWriteError) or a nudge's (NudgeError)
             self._count("error")
             with self._throttle_lock:
                 if isinstance(request, NudgeRequest):

@@ -1,33 +1,57 @@
-"""API error text: what a person reads when a call to the API server fails.
+"""API error text, and the errors kube's writers raise for their callers to catch.
 
 An ApiException's body is a Status object whose "message" says what was refused; a urllib3
 error chain hides the useful part ("Connection refused") under connection object reprs.
+This module imports no `kubernetes`: the services' ports (extender.binding.Binder,
+extender.pending's EventSink and Nudger, extender.advertise.NodeClient) name these errors
+without loading the client.
 """
 
 from __future__ import annotations
 
 import json
 import re
-
-from kubernetes.client.exceptions import ApiException
+from typing import Any
 
 HTTP_NOT_FOUND = 404
 HTTP_CONFLICT = 409
 HTTP_GONE = 410
 
-__all__ = [
-    "HTTP_CONFLICT",
-    "HTTP_GONE",
-    "HTTP_NOT_FOUND",
-    "ApiException",
-    "api_message",
-    "cause",
-    "short",
-]
+
+class BindError(Exception):
+    """The Binding could not be created; the message says why."""
 
 
-def api_message(err: ApiException) -> str:
-    """The Status message of the answer, else the HTTP reason ("Forbidden")."""
+class NodeAPIError(Exception):
+    """A call to the API failed; the message says why, for a person."""
+
+
+class EventExists(Exception):
+    """The Event is there already (409): another replica, or this one before a restart."""
+
+
+class EventMissing(Exception):
+    """The Event to refresh is gone (404): expired past the API's event TTL."""
+
+
+class WriteError(Exception):
+    """A write failed; `problem` says what, without the pod (for logging once)."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(problem)
+        self.problem = problem
+
+
+class EventWriteError(WriteError):
+    """Writing an Event failed."""
+
+
+class NudgeError(WriteError):
+    """Setting a condition in a pod's status failed."""
+
+
+def api_message(err: Any) -> str:
+    """The Status message of an ApiException's answer, else the HTTP reason ("Forbidden")."""
     try:
         message = json.loads(err.body or "")["message"]
     except (ValueError, KeyError, TypeError):

@@ -1,4 +1,5 @@
-"""core/v1 Events: the one body builder, and the writer the extender's Pending explainer uses.
+"""core/v1 Events: the one body builder, and the writer of the extender's Pending explainer
+(the watchdog's single Event is written by kube.pods).
 
 core/v1 is the API `kubectl describe pod` lists (it shows events.k8s.io Events too: one object,
 two versions); core/v1 keeps count and firstTimestamp/lastTimestamp, so a refresh reads
@@ -8,7 +9,20 @@ two versions); core/v1 keeps count and firstTimestamp/lastTimestamp, so a refres
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
+
+from kubernetes.client.exceptions import ApiException
+
+from kube.client import release
+from kube.errors import (
+    HTTP_CONFLICT,
+    HTTP_NOT_FOUND,
+    EventExists,
+    EventMissing,
+    EventWriteError,
+    api_message,
+    cause,
+)
 
 
 def event_body(
@@ -56,3 +70,90 @@ def event_body(
 
 def rfc3339(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class EventRequest(Protocol):
+    """One named Event about one pod (extender.pending.EventRequest is one)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def namespace(self) -> str: ...
+    @property
+    def pod_name(self) -> str: ...
+    @property
+    def pod_uid(self) -> str: ...
+    @property
+    def message(self) -> str: ...
+    @property
+    def count(self) -> int: ...
+
+
+class KubernetesEvents:
+    """Create and refresh named core/v1 Events over a CoreV1Api, all of one reason and one
+    reporting component; a refresh sets count, message and lastTimestamp."""
+
+    def __init__(
+        self,
+        core: Any,
+        *,
+        reason: str,
+        component: str,
+        instance: str,
+        timeout_seconds: float = 10.0,
+    ) -> None:
+        self._core = core
+        self._reason = reason
+        self._component = component
+        self._instance = instance[:128]  # the API's reportingInstance limit
+        self._timeout = timeout_seconds
+
+    def create(self, request: EventRequest, now: float) -> None:
+        """Create the Event; raise EventExists or EventWriteError."""
+        body = event_body(
+            namespace=request.namespace,
+            pod_name=request.pod_name,
+            pod_uid=request.pod_uid,
+            reason=self._reason,
+            message=request.message,
+            action="Scheduling",
+            component=self._component,
+            instance=self._instance,
+            now=now,
+            count=request.count,
+            name=request.name,
+        )
+        try:
+            response = self._core.create_namespaced_event(
+                request.namespace,
+                body,
+                _preload_content=False,
+                _request_timeout=self._timeout,
+            )
+        except ApiException as err:
+            if err.status == HTTP_CONFLICT:
+                raise EventExists(request.name) from err
+            raise EventWriteError(f"creating an event: {err.status} {api_message(err)}") from err
+        except Exception as err:  # urllib3 and socket errors
+            raise EventWriteError(f"creating an event: {cause(err)}") from err
+        release(response)
+
+    def refresh(self, request: EventRequest, now: float) -> None:
+        """Set its count, message and last timestamp; raise EventMissing or EventWriteError."""
+        patch = {"count": request.count, "lastTimestamp": rfc3339(now), "message": request.message}
+        try:
+            response = self._core.patch_namespaced_event(
+                request.name,
+                request.namespace,
+                patch,
+                _content_type="application/merge-patch+json",
+                _preload_content=False,
+                _request_timeout=self._timeout,
+            )
+        except ApiException as err:
+            if err.status == HTTP_NOT_FOUND:
+                raise EventMissing(request.name) from err
+            raise EventWriteError(f"patching an event: {err.status} {api_message(err)}") from err
+        except Exception as err:
+            raise EventWriteError(f"patching an event: {cause(err)}") from err
+        release(response)

@@ -7,8 +7,10 @@ import socket
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from kubernetes.client.exceptions import ApiException
+
 from kube.client import core_api
-from kube.errors import HTTP_CONFLICT, HTTP_NOT_FOUND, ApiException, api_message, cause
+from kube.errors import HTTP_CONFLICT, HTTP_NOT_FOUND, api_message, cause
 from kube.events import event_body
 
 EVENT_REASON = "VRAMWatchdogRecycled"

@@ -22,10 +22,12 @@ import threading
 import time
 from typing import Any
 
-from extender.advertise import Advertiser, NodeAPIError
-from extender.cluster import KubernetesNodes, core_api
+from extender.advertise import Advertiser
 from gpumem.policy import Policy
 from gpumem.policy_file import PolicyError, PolicyFile
+from kube.client import core_api
+from kube.errors import NodeAPIError
+from kube.nodes import KubernetesNodes
 from ops import common
 from ops.probes import TEXT, ProbeServer
 

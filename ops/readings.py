@@ -1,6 +1,6 @@
 """The I/O of the operator commands that read the cluster (`explain`, `preflight`, `status`,
 `watchdog`): one list of nodes and pods (the extender's own list code,
-extender.cluster.ResourceWatch.list_once), one telemetry read
+extender.watches.ResourceWatch.list_once), one telemetry read
 (extender.telemetry.read_telemetry), and the extender's /debug/snapshot. Every failure becomes
 a ReadError whose message a person can act on, so a command prints one line and no traceback.
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import re
 import time
 import urllib.error
 import urllib.request
@@ -18,15 +17,16 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from kubernetes.client.exceptions import ApiException
-
-from extender.cluster import RawObject, Resource, ResourceWatch, core_api
 from extender.metrics import ExtenderMetrics
 from extender.store import ClusterStore
 from extender.telemetry import PrometheusQuery, TelemetryError, plan_queries, read_telemetry
+from extender.watches import Resource, ResourceWatch
 from gpumem.policy import Policy
 from gpumem.policy_file import PolicyError, PolicyFile
 from gpumem.state import PodKey, Snapshot, TelemetryReading
+from kube import errors
+from kube.client import ApiException, core_api
+from kube.reflector import RawObject
 
 API_TIMEOUT_SECONDS = 30
 PROMETHEUS_TIMEOUT_SECONDS = 10.0
@@ -67,7 +67,7 @@ def list_cluster(kubeconfig: Path | None) -> tuple[list[RawObject], list[RawObje
     for resource, function, into in lists:
         watch = ResourceWatch(resource, function, into.extend, _ignore_event, metrics)
         try:
-            with _quiet(logging.getLogger("extender.cluster")):
+            with _quiet(logging.getLogger("extender.watches")):
                 watch.list_once()
         except ApiException as err:
             raise ReadError(f"listing {resource}: {err.status} {err.reason}") from err
@@ -165,19 +165,13 @@ def _ignore_event(event_type: str, raw: RawObject) -> None:
 
 
 def cause(err: BaseException) -> str:
-    """The innermost useful message of an error chain, without connection object reprs."""
-    reason = getattr(err, "reason", None)
-    if isinstance(reason, BaseException):
-        return cause(reason)
-    if err.args and isinstance(err.args[0], BaseException):  # requests wraps urllib3's
-        return cause(err.args[0])
-    text = re.sub(r"^(<[^>]*>|\w+\([^)]*\)):\s*", "", str(err))
-    return _short(text or type(err).__name__)
+    """The innermost useful message of an error chain, without connection object reprs, on
+    one line of at most 300 characters."""
+    return errors.cause(err, limit=300)
 
 
-def _short(text: str, limit: int = 300) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+def _short(text: str) -> str:
+    return errors.short(text, 300)
 
 
 __all__ = [

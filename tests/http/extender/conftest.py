@@ -11,12 +11,12 @@ import pytest
 from starlette.testclient import TestClient
 
 from extender.app import ExtenderDeps, FixedPolicy, create_app
-from extender.cluster import BindError
 from extender.metrics import ExtenderMetrics
 from extender.settings import Settings
 from extender.store import ClusterStore
 from gpumem.policy import Policy
 from gpumem.state import TelemetryReading
+from kube.errors import BindError
 from tests.unit.extender.factories import NOW, dcgm_reading, make_node, make_pod, make_policy
 
 

@@ -10,10 +10,18 @@ from typing import Any
 from starlette.testclient import TestClient
 
 from extender.app import ExtenderDeps, FixedPolicy, create_app
-from extender.cluster import KubernetesBinder, KubernetesEvents
 from extender.metrics import ExtenderMetrics
-from extender.pending import PendingExplainer
+from extender.pending import (
+    EVENT_COMPONENT,
+    EVENT_REASON,
+    FITS_CONDITION,
+    FITS_REASON,
+    PendingExplainer,
+)
 from extender.store import ClusterStore
+from kube.binder import KubernetesBinder
+from kube.conditions import KubernetesNudger
+from kube.events import KubernetesEvents
 from tests.http.extender.conftest import make_settings
 from tests.http.extender.test_request_path import BindingResponse, Tripwire
 from tests.unit.extender.factories import (
@@ -52,8 +60,9 @@ def explaining_deps(store: ClusterStore, core: Any) -> tuple[PendingExplainer, E
     metrics = ExtenderMetrics()
     explainer = PendingExplainer(
         store,
-        KubernetesEvents(core, instance="test"),
+        KubernetesEvents(core, reason=EVENT_REASON, component=EVENT_COMPONENT, instance="test"),
         metrics,
+        nudger=KubernetesNudger(core, condition=FITS_CONDITION, reason=FITS_REASON),
         scheduler_name="vramguard-scheduler",
         clock=lambda: NOW,
     )

@@ -11,11 +11,12 @@ from typing import Any
 from starlette.testclient import TestClient
 
 from extender.app import ExtenderDeps, FixedPolicy, create_app
-from extender.cluster import KubernetesBinder, node_watch, pod_watch
 from extender.metrics import ExtenderMetrics
 from extender.store import ClusterStore
 from extender.telemetry import TelemetryPoller
+from extender.watches import node_watch, pod_watch
 from gpumem.policy_file import PolicyFile
+from kube.binder import KubernetesBinder
 from tests.http.extender.conftest import FakeBinder, make_settings
 from tests.unit.extender.factories import (
     NOW,

@@ -3,8 +3,8 @@ from __future__ import annotations
 from typing import Any
 
 from extender.binding import BindCoordinator, NodeLocks
-from extender.cluster import BindError
 from extender.models import ExtenderBindingArgs
+from kube.errors import BindError
 from tests.unit.extender.factories import (
     NOW,
     dcgm_reading,

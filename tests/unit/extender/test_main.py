@@ -6,10 +6,11 @@ import pytest
 
 from extender.__main__ import build_deps, load_settings, main
 from extender.advertise import AdvertiserService
-from extender.cluster import KubernetesBinder, ResourceWatch
 from extender.pending import PendingExplainer
 from extender.telemetry import TelemetryPoller
+from extender.watches import ResourceWatch
 from gpumem.policy_file import PolicyFile
+from kube.binder import KubernetesBinder
 
 KUBECONFIG = """\
 apiVersion: v1

@@ -10,17 +10,15 @@ from typing import Any
 import pytest
 import yaml
 
-from extender.cluster import pod_watch
 from extender.metrics import ExtenderMetrics
 from extender.pending import (
-    EventExists,
-    EventMissing,
     EventRequest,
-    EventWriteError,
     NudgeRequest,
     PendingExplainer,
 )
 from extender.store import ClusterStore
+from extender.watches import pod_watch
+from kube.errors import EventExists, EventMissing, EventWriteError
 from tests.unit.extender.factories import (
     NOW,
     dcgm_reading,
@@ -97,7 +95,13 @@ def make_explainer(
 ) -> tuple[PendingExplainer, ExtenderMetrics]:
     metrics = ExtenderMetrics()
     explainer = PendingExplainer(
-        store, sink, metrics, scheduler_name="vramguard-scheduler", clock=clock, **options
+        store,
+        sink,
+        metrics,
+        nudger=sink,
+        scheduler_name="vramguard-scheduler",
+        clock=clock,
+        **options,
     )
     return explainer, metrics
 

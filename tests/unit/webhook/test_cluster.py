@@ -2,36 +2,22 @@
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from kubernetes.client.exceptions import ApiException
 
-from webhook.cluster import (
-    ApiSource,
-    ClusterWatch,
-    RawObject,
-    ResourceExpired,
-    Retry,
-    api_client,
-)
+from kube.reflector import RawObject, Retry
+from kube.reflector import WatchExpired as ResourceExpired
+from tests.unit.kube.fakes import obj
+from webhook.cluster import ClusterWatch, api_client
 from webhook.view import ClassPriority, ClusterView
 
 FAST = Retry(first=0.01, longest=0.05, min_watch=0.01)
 
 Step = tuple[list[RawObject], str] | list[tuple[str, RawObject]] | Exception
-
-
-def obj(name: str, version: str = "1", **fields: Any) -> RawObject:
-    labels = fields.pop("labels", None)
-    metadata: dict[str, Any] = {"name": name, "resourceVersion": version}
-    if labels is not None:
-        metadata["labels"] = labels
-    return {"metadata": metadata, **fields}
 
 
 class ScriptedSource:
@@ -183,77 +169,6 @@ def test_stop_ends_the_threads() -> None:
     wait_for(lambda: cluster.synced)
     cluster.stop(timeout=2)
     assert not any(t.is_alive() for t in threading.enumerate() if t.name.startswith("watch-"))
-
-
-# --- ApiSource over the kubernetes client's list function and Watch --------------------------
-
-
-class FakeResponse:
-    """What a kubernetes list call returns with _preload_content=False."""
-
-    status = 200
-
-    def __init__(self, data: bytes = b"", lines: list[dict[str, Any]] | None = None) -> None:
-        self.data = data
-        self.lines = lines or []
-
-    def stream(self, amt: Any = None, decode_content: Any = None) -> Iterator[bytes]:
-        for line in self.lines:
-            yield json.dumps(line).encode() + b"\n"
-
-    def close(self) -> None:
-        pass
-
-    def release_conn(self) -> None:
-        pass
-
-
-def test_api_source_lists_raw_objects() -> None:
-    calls: list[dict[str, Any]] = []
-
-    def list_namespace(**kwargs: Any) -> FakeResponse:
-        calls.append(kwargs)
-        body = {"metadata": {"resourceVersion": "77"}, "items": [obj("a"), obj("b")]}
-        return FakeResponse(json.dumps(body).encode())
-
-    items, version = ApiSource(list_namespace).list()
-    assert [item["metadata"]["name"] for item in items] == ["a", "b"]
-    assert version == "77"
-    assert calls[0]["_preload_content"] is False
-
-
-def test_api_source_watch_yields_events_and_turns_410_into_expired() -> None:
-    def list_namespace(**kwargs: Any) -> FakeResponse:
-        assert kwargs["watch"] is True
-        assert kwargs["resource_version"] == "5"
-        assert kwargs["allow_watch_bookmarks"] is True
-        return FakeResponse(
-            lines=[
-                {"type": "ADDED", "object": obj("a", "6")},
-                {
-                    "type": "ERROR",
-                    "object": {
-                        "kind": "Status",
-                        "code": 410,
-                        "reason": "Expired",
-                        "message": "old",
-                    },
-                },
-            ]
-        )
-
-    events = ApiSource(list_namespace).watch("5")
-    assert next(events) == ("ADDED", obj("a", "6"))
-    with pytest.raises(ResourceExpired):
-        next(events)
-
-
-def test_api_source_list_410_is_expired() -> None:
-    def list_namespace(**_: Any) -> FakeResponse:
-        raise ApiException(status=410, reason="Gone")
-
-    with pytest.raises(ResourceExpired):
-        ApiSource(list_namespace).list()
 
 
 def test_no_api_access_without_kubeconfig_outside_a_cluster(
