@@ -17,30 +17,28 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import threading
 import time
 from typing import Any
 
 from extender.advertise import Advertiser
-from gpumem.policy import Policy
-from gpumem.policy_file import PolicyError, PolicyFile
+from gpumem.policy_file import PolicyError
 from kube.client import core_api
 from kube.errors import NodeAPIError
 from kube.nodes import KubernetesNodes
-from ops import common
+from ops import common, readings
+from ops.common import FAILED, OK, USAGE_ERROR
 from ops.probes import TEXT, ProbeServer
 
 log = logging.getLogger("ops.advertise")
 
-FAILED = 1
-USAGE_ERROR = 2
+NAME = "advertise"
 DEFAULT_INTERVAL_SECONDS = 60.0
 
 
 def register(subcommands: Any) -> None:
     parser: argparse.ArgumentParser = subcommands.add_parser(
-        "advertise",
+        NAME,
         help="advertise each GPU node's GPU memory (vramguard.io/gpumem) from its GFD labels",
         description="Patch status.capacity and status.allocatable of the policy's "
         "gpumemResourceName on every GPU node (nodes labelled nvidia.com/gpu.memory by GPU "
@@ -79,21 +77,15 @@ def register(subcommands: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        policy_file = PolicyFile(args.policy) if args.policy is not None else None
+        current_policy = readings.policy_source(args.policy)
     except PolicyError as err:
-        return _fail(str(err), USAGE_ERROR)
-    if args.kubeconfig is not None and not args.kubeconfig.is_file():
-        return _fail(f"kubeconfig {args.kubeconfig}: no such file", FAILED)
+        return common.fail(NAME, str(err), USAGE_ERROR)
     try:
-        core = core_api(str(args.kubeconfig) if args.kubeconfig else None, pool_size=4)
-    except Exception as err:  # kubernetes.config raises several kinds, all a setup problem
-        return _fail(f"cannot load Kubernetes credentials: {err}", FAILED)
-
-    def current_policy() -> Policy:
-        if policy_file is None:
-            return Policy()
-        policy_file.reload_if_changed()  # a broken edit is logged and the last good one kept
-        return policy_file.current
+        core = readings.connect(
+            args.kubeconfig, lambda path: core_api(str(path) if path else None, pool_size=4)
+        )
+    except readings.ReadError as err:
+        return common.fail(NAME, str(err), FAILED)
 
     policy = current_policy()
     advertiser = Advertiser(
@@ -120,13 +112,13 @@ def run(args: argparse.Namespace) -> int:
         try:
             result = advertiser.run_once()
         except NodeAPIError as err:
-            return _fail(str(err), FAILED)
+            return common.fail(NAME, str(err), FAILED)
         if args.once:
-            return FAILED if result.failed else 0
+            return FAILED if result.failed else OK
         stop = threading.Event()
         common.stop_on_signals(stop)
         advertiser.loop(args.interval, stop, first_pass_done=True)
-        return 0
+        return OK
     finally:
         if health is not None:
             health.stop()
@@ -162,8 +154,3 @@ class HealthServer(ProbeServer):
 
 def _print(line: str) -> None:
     print(line, flush=True)
-
-
-def _fail(message: str, status: int) -> int:
-    print(f"vramguard advertise: {message}", file=sys.stderr, flush=True)
-    return status

@@ -1,6 +1,7 @@
-"""What the operator commands share besides their readings: argument types that turn a bad
-value into argparse's one-line usage error, printing a report as a table or JSON, one-line
-failures, and the signal handling of the looping commands (`advertise`, `watchdog`)."""
+"""What the operator commands share besides their readings: their exit statuses, argument
+types that turn a bad value into argparse's one-line usage error, printing a report as a table
+or JSON, one-line failures, and the signal handling of the looping commands (`advertise`,
+`watchdog`)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,21 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Any
+
+# Exit statuses, one name per meaning; each command's docstring says which it uses.
+OK = 0
+# The command could not do its job: the cluster or the extender unreadable, no such pod, a
+# patch or a delete refused.
+FAILED = 1
+# preflight: no node has the VRAM (1, so that a gate treats it like "cannot tell": do not start).
+NO = 1
+# A usage error: bad arguments (argparse exits 2 itself), an unreadable policy, a bad DRY_RUN.
+USAGE_ERROR = 2
+# status, explain: the answer is printed, but without the live figures (Prometheus unreadable).
+PARTIAL = 2
+# preflight, watchdog --once: nothing could be read, so no answer either way (there 1 means
+# "no" and "a delete was refused").
+CANNOT_TELL = 2
 
 MAX_SECONDS = 86400.0
 _TRUE = frozenset({"true", "1", "yes", "on"})
@@ -97,6 +113,12 @@ def stop_on_signals(stop: threading.Event) -> None:
 def colour() -> bool:
     """Colour only on a terminal, and not when NO_COLOR is set (no-color.org)."""
     return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+
+
+def fail(command: str, message: str, status: int) -> int:
+    """One line on stderr, `vramguard COMMAND: message`, and the exit status to return."""
+    print(f"vramguard {command}: {message}", file=sys.stderr, flush=True)
+    return status
 
 
 def show(output: str, as_json: Callable[[], Any], as_lines: Callable[[bool], list[str]]) -> None:

@@ -5,7 +5,7 @@
 
 One list of nodes and pods plus one telemetry read build the snapshot the extender would hold
 (as `status` does); the pod is then judged on every node with the extender's own fit rule
-(extender.explain.judge_nodes): fits (with the MiB to spare), refused (the extender's reason,
+(gpumem.explain.judge_nodes): fits (with the MiB to spare), refused (the extender's reason,
 word for word), not admitted by the pod's nodeSelector or node affinity, or no GPU memory. A
 Pending pod's summary is the extender's GPUMemoryUnavailable Event text when no node fits.
 
@@ -28,28 +28,22 @@ declared budgets alone).
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from extender.explain import scheduling_pod
-from extender.report import (
-    LiveRead,
-    explain_report,
-    explanation_json,
-    render_explanation,
-)
+from gpumem.pending import scheduling_pod
 from gpumem.policy_file import PolicyError
 from ops import common, readings
+from ops.common import FAILED, OK, PARTIAL, USAGE_ERROR
+from ops.explain_report import LiveRead, explain_report, explanation_json, render_explanation
 
-FAILED = 1
-PARTIAL = 2  # also a usage error
+NAME = "explain"
 DEFAULT_SCHEDULER = "vramguard-scheduler"
 
 
 def register(subcommands: Any) -> None:
     parser: argparse.ArgumentParser = subcommands.add_parser(
-        "explain",
+        NAME,
         help="why a GPU pod is Pending, or where it would fit, node by node",
         description="Judge a pod on every node with the extender's fit rule and say, per "
         "node, whether it fits (and with how many MiB to spare), why it is refused (the "
@@ -75,26 +69,26 @@ def run(args: argparse.Namespace) -> int:
     try:
         policy = readings.load_policy(args.policy)
     except PolicyError as err:
-        return _fail(str(err), PARTIAL)
+        return common.fail(NAME, str(err), USAGE_ERROR)
     try:
         nodes, pods = readings.list_cluster(args.kubeconfig)
     except readings.ReadError as err:
-        return _fail(str(err), FAILED)
+        return common.fail(NAME, str(err), FAILED)
     raw = find_pod(pods, args.namespace, args.pod)
     if raw is None:
-        return _fail(f"pod {args.namespace}/{args.pod} not found", FAILED)
+        return common.fail(NAME, f"pod {args.namespace}/{args.pod} not found", FAILED)
     pod = scheduling_pod(raw, policy.resource_names)
     now = readings.now()
     live: LiveRead = "not-read"
     reading = None
-    result = 0
+    result = OK
     if pod.need_mib > 0 and not pod.terminated and args.prometheus_url:
         try:
             reading = readings.read_live(args.prometheus_url, policy, now)
             live = "read"
         except readings.TelemetryUnavailable as err:
-            _fail(f"{err}; judging on the declared budgets alone", 0)
-            live, result = "unavailable", PARTIAL
+            result = common.fail(NAME, f"{err}; judging on the declared budgets alone", PARTIAL)
+            live = "unavailable"
     snapshot = readings.build_snapshot(policy, nodes, pods, reading, now)
     report = explain_report(
         pod,
@@ -111,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
         lambda colour: render_explanation(report, colour=colour),
     )
     if pod.demand_error is not None:
-        return PARTIAL  # the policy reads its resources differently from the apiserver
+        return USAGE_ERROR  # the policy reads its resources differently from the apiserver
     return result
 
 
@@ -127,8 +121,3 @@ def find_pod(
         ):
             return raw
     return None
-
-
-def _fail(message: str, status: int) -> int:
-    print(f"vramguard explain: {message}", file=sys.stderr, flush=True)
-    return status

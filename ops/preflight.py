@@ -17,20 +17,19 @@ usage error (bad arguments, unreadable policy). A gate treats 1 and 2 alike: do 
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
-from extender.report import preflight, render_preflight
 from gpumem.policy_file import PolicyError
 from ops import common, readings
+from ops.common import CANNOT_TELL, USAGE_ERROR
+from ops.preflight_report import preflight, render_preflight
 
-# 0 yes, 1 no (Preflight.exit_status); 2 cannot tell: telemetry, cluster or usage error.
-UNKNOWN = 2
+NAME = "preflight"
 
 
 def register(subcommands: Any) -> None:
     parser: argparse.ArgumentParser = subcommands.add_parser(
-        "preflight",
+        NAME,
         help="exit 0 when a node has the given live free VRAM now (a gate for batch jobs)",
         description="Exit 0 when some GPU node (or --node) has --need MiB of live free VRAM "
         "above the floor, after subtracting the budgets of pods not using their VRAM yet, as "
@@ -55,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         policy = readings.load_policy(args.policy)
     except PolicyError as err:
-        return _fail(str(err), UNKNOWN)
+        return common.fail(NAME, str(err), USAGE_ERROR)
     settings = policy.extender
     floor = settings.floor_mib if args.floor is None else args.floor
     try:
@@ -63,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         now = readings.now()
         reading = readings.read_live(args.prometheus_url, policy, now)
     except readings.ReadError as err:  # the cluster or Prometheus: no answer either way
-        return _fail(str(err), UNKNOWN)
+        return common.fail(NAME, str(err), CANNOT_TELL)
     snapshot = readings.build_snapshot(policy, nodes, pods, reading, now)
     result = preflight(
         snapshot,
@@ -75,9 +74,4 @@ def run(args: argparse.Namespace) -> int:
     )
     for line in render_preflight(result, colour=common.colour()):
         print(line, flush=True)
-    return result.exit_status
-
-
-def _fail(message: str, status: int) -> int:
-    print(f"vramguard preflight: {message}", file=sys.stderr, flush=True)
-    return status
+    return result.exit_status  # OK, NO or CANNOT_TELL

@@ -13,9 +13,9 @@ import logging
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from extender.metrics import ExtenderMetrics
 from extender.store import ClusterStore
@@ -27,6 +27,8 @@ from gpumem.state import PodKey, Snapshot, TelemetryReading
 from kube import errors
 from kube.client import ApiException, core_api
 from kube.reflector import RawObject
+
+T = TypeVar("T")
 
 API_TIMEOUT_SECONDS = 30
 PROMETHEUS_TIMEOUT_SECONDS = 10.0
@@ -48,14 +50,35 @@ def load_policy(path: Path | None) -> Policy:
     return PolicyFile(path).current
 
 
-def list_cluster(kubeconfig: Path | None) -> tuple[list[RawObject], list[RawObject]]:
-    """Every node and every pod, as raw JSON, through the extender's paginated list."""
+def policy_source(path: Path | None) -> Callable[[], Policy]:
+    """The current policy of a looping command: the file's, reloaded when it changes (a broken
+    edit is logged and the last good one kept), else the built-in defaults. Raises
+    PolicyError when the file cannot be read at the start."""
+    if path is None:
+        return Policy
+    policy_file = PolicyFile(path)
+
+    def current() -> Policy:
+        policy_file.reload_if_changed()
+        return policy_file.current
+
+    return current
+
+
+def connect(kubeconfig: Path | None, client: Callable[[Path | None], T]) -> T:
+    """`client(kubeconfig)`, a Kubernetes client; a ReadError when the named kubeconfig is no
+    file or the credentials cannot be loaded."""
     if kubeconfig is not None and not kubeconfig.is_file():
         raise ReadError(f"kubeconfig {kubeconfig}: no such file")
     try:
-        core = core_api(str(kubeconfig) if kubeconfig else None, pool_size=2)
+        return client(kubeconfig)
     except Exception as err:  # kubernetes.config raises several kinds, all a setup problem
         raise ReadError(f"cannot load Kubernetes credentials: {err}") from err
+
+
+def list_cluster(kubeconfig: Path | None) -> tuple[list[RawObject], list[RawObject]]:
+    """Every node and every pod, as raw JSON, through the extender's paginated list."""
+    core = connect(kubeconfig, lambda path: core_api(str(path) if path else None, pool_size=2))
     host = getattr(getattr(core.api_client, "configuration", None), "host", "?")
     metrics = ExtenderMetrics()  # ResourceWatch wants one; nothing serves it here
     nodes: list[RawObject] = []
@@ -180,9 +203,11 @@ __all__ = [
     "TelemetryUnavailable",
     "build_snapshot",
     "cause",
+    "connect",
     "fetch_extender_snapshot",
     "list_cluster",
     "load_policy",
     "pod_classes",
+    "policy_source",
     "read_live",
 ]

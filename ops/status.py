@@ -17,25 +17,19 @@ without live figures).
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
-from extender.report import (
-    render_status,
-    status_from_debug,
-    status_from_snapshot,
-    status_json,
-)
 from gpumem.policy_file import PolicyError
 from ops import common, readings
+from ops.common import FAILED, OK, PARTIAL, USAGE_ERROR
+from ops.status_report import render_status, status_from_debug, status_from_snapshot, status_json
 
-FAILED = 1
-PARTIAL = 2  # also a usage error
+NAME = "status"
 
 
 def register(subcommands: Any) -> None:
     parser: argparse.ArgumentParser = subcommands.add_parser(
-        "status",
+        NAME,
         help="GPU memory per node and per GPU pod: declared, reserved, live used, free",
         description="Show, per GPU node, capacity, declared, reserved (with --extender-url), "
         "live used, free and telemetry age, and per GPU pod its class, declared and live "
@@ -57,37 +51,29 @@ def run(args: argparse.Namespace) -> int:
     try:
         policy = readings.load_policy(args.policy)
     except PolicyError as err:
-        return _fail(str(err), PARTIAL)
-    result = FAILED
+        return common.fail(NAME, str(err), USAGE_ERROR)
+    result = OK
     try:
         if args.extender_url:
             status = status_from_debug(readings.fetch_extender_snapshot(args.extender_url))
-            result = 0
         else:
             nodes, pods = readings.list_cluster(args.kubeconfig)
             now = readings.now()
             reading = None
-            result = 0
             if args.prometheus_url:
                 try:
                     reading = readings.read_live(args.prometheus_url, policy, now)
                 except readings.TelemetryUnavailable as err:
-                    _fail(f"{err}; showing declared figures only", 0)
-                    result = PARTIAL
+                    result = common.fail(NAME, f"{err}; showing declared figures only", PARTIAL)
             snapshot = readings.build_snapshot(policy, nodes, pods, reading, now)
             status = status_from_snapshot(snapshot, now, readings.pod_classes(pods))
     except readings.ReadError as err:
-        return _fail(str(err), FAILED)
+        return common.fail(NAME, str(err), FAILED)
     except ValueError as err:  # an extender snapshot of another shape
-        return _fail(str(err), FAILED)
+        return common.fail(NAME, str(err), FAILED)
     common.show(
         args.output,
         lambda: status_json(status),
         lambda colour: render_status(status, colour=colour),
     )
     return result
-
-
-def _fail(message: str, status: int) -> int:
-    print(f"vramguard status: {message}", file=sys.stderr, flush=True)
-    return status

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from extender.app import describe_snapshot
-from extender.snapshot import TelemetryReading
+from extender.debug import describe_snapshot
+from gpumem.state import TelemetryReading
 from ops import build_parser, main, readings
 from tests.unit.extender.factories import (
     NOW,

@@ -18,19 +18,14 @@ from typing import Any
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from extender.snapshot import PodView, TelemetryReading
 from gpumem.policy import Policy
+from gpumem.state import PodView, TelemetryReading
 from kube.pods import EVENT_REASON, KubernetesPods
 from kube.pods import recycled_event as event_body
 from ops import main, readings
 from ops import watchdog as watchdog_cli
-from ops.watchdog import (
-    MetricsServer,
-    Options,
-    RecycleResult,
-    Watchdog,
-    WatchdogMetrics,
-)
+from ops.watchdog_loop import Options, Watchdog
+from ops.watchdog_metrics import MetricsServer, RecycleResult, WatchdogMetrics
 from tests.unit.extender.factories import NOW, make_node, make_pod, pod_exporter_reading
 
 URL = "http://prometheus:9090"

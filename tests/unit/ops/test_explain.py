@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from extender.report import RED
-from extender.snapshot import TelemetryReading
+from gpumem.state import TelemetryReading
 from ops import build_parser, common, main, readings
 from ops.explain import find_pod
+from ops.table import RED
 from tests.unit.extender.factories import (
     GPUMEM,
     NOW,

@@ -1,0 +1,138 @@
+"""The extender's GET /debug/snapshot: per node what the fit rule sees, as one pydantic model.
+
+The extender writes it (extender.app, through describe_snapshot) and `vramguard status
+--extender-url` reads it back (DebugSnapshot.model_validate), so both sides agree on one shape.
+The keys are camelCase with MiB and Seconds spelt out (`capacityMiB`, `telemetryAgeSeconds`),
+as `vramguard status -o json` spells the figures it shares with it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from gpumem.state import NodeState, Snapshot
+
+
+class _Debug(BaseModel):
+    # Unknown keys are ignored: a newer extender may say more than this reader knows.
+    model_config = ConfigDict(
+        validate_by_name=True,
+        validate_by_alias=True,
+        serialize_by_alias=True,
+        extra="ignore",
+        frozen=True,
+    )
+
+
+class DebugTelemetry(_Debug):
+    source: str
+    failing: bool
+    error: str | None
+    # None until the first fetch.
+    age_seconds: float | None = Field(alias="ageSeconds")
+
+
+class DebugPod(_Debug):
+    namespace: str
+    name: str
+    uid: str
+    declared_mib: int = Field(alias="declaredMiB")
+    used_mib: int | None = Field(alias="usedMiB")
+    warming_up: bool = Field(alias="warmingUp")
+    # Unix time the warm-up window ends; None when the pod has not started.
+    warm_until: float | None = Field(alias="warmUntil")
+
+
+class DebugReservation(_Debug):
+    namespace: str
+    name: str
+    uid: str
+    mib: int
+    expires_in_seconds: float = Field(alias="expiresInSeconds")
+
+
+class DebugNode(_Debug):
+    known: bool
+    capacity_mib: int | None = Field(alias="capacityMiB")
+    capacity_source: str = Field(alias="capacitySource")
+    declared_mib: int = Field(alias="declaredMiB")
+    reserved_mib: int = Field(alias="reservedMiB")
+    not_yet_using_mib: int = Field(alias="notYetUsingMiB")
+    live_free_mib: int | None = Field(alias="liveFreeMiB")
+    live_used_mib: int | None = Field(alias="liveUsedMiB")
+    telemetry_age_seconds: float | None = Field(alias="telemetryAgeSeconds")
+    pods: list[DebugPod]
+    reservations: list[DebugReservation]
+
+
+class DebugSnapshot(_Debug):
+    version: int
+    synced: bool
+    telemetry: DebugTelemetry
+    nodes: dict[str, DebugNode]
+
+
+def describe_snapshot(snapshot: Snapshot, now: float, only: str | None = None) -> dict[str, Any]:
+    """The snapshot as the JSON of /debug/snapshot (`only`: that node alone)."""
+    return debug_snapshot(snapshot, now, only).model_dump(mode="json")
+
+
+def debug_snapshot(snapshot: Snapshot, now: float, only: str | None = None) -> DebugSnapshot:
+    telemetry = snapshot.telemetry
+    nodes = snapshot.nodes
+    if only is not None:
+        nodes = {only: nodes[only]} if only in nodes else {}
+    return DebugSnapshot(
+        version=snapshot.version,
+        synced=snapshot.synced,
+        telemetry=DebugTelemetry(
+            source=telemetry.source,
+            failing=telemetry.failing,
+            error=telemetry.error,
+            age_seconds=(
+                None if telemetry.fetched_at is None else round(now - telemetry.fetched_at, 1)
+            ),
+        ),
+        nodes={name: debug_node(state, now) for name, state in sorted(nodes.items())},
+    )
+
+
+def debug_node(node: NodeState, now: float) -> DebugNode:
+    live = node.live
+    return DebugNode(
+        known=node.known,
+        capacity_mib=node.capacity.mib,
+        capacity_source=node.capacity.source,
+        declared_mib=node.declared_mib,
+        reserved_mib=node.reserved_mib(now),
+        not_yet_using_mib=node.not_yet_using_mib(now),
+        live_free_mib=None if live is None else live.free_mib,
+        live_used_mib=None if live is None else live.used_mib,
+        telemetry_age_seconds=None if live is None else round(live.age(now), 1),
+        pods=[
+            DebugPod(
+                namespace=pod.namespace,
+                name=pod.name,
+                uid=pod.uid,
+                declared_mib=pod.declared_mib,
+                used_mib=pod.used_mib,
+                warming_up=pod.warming(now),
+                warm_until=None if math.isinf(pod.warm_until) else pod.warm_until,
+            )
+            for pod in node.pods
+        ],
+        reservations=[
+            DebugReservation(
+                namespace=r.namespace,
+                name=r.name,
+                uid=r.uid,
+                mib=r.mib,
+                expires_in_seconds=round(r.expires_at - now, 1),
+            )
+            for r in node.reservations
+            if r.expires_at > now
+        ],
+    )
