@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from gpumem.advertise import NodeAdvert, plan_nodes
 from gpumem.policy import Policy
 from kube.errors import NodeAPIError
+from kube.threads import Threads
 
 log = logging.getLogger(__name__)
 
@@ -169,20 +170,14 @@ class AdvertiserService:
     def __init__(self, advertiser: Advertiser, interval: float) -> None:
         self._advertiser = advertiser
         self._interval = interval
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._threads = Threads()
 
     def start(self) -> None:
-        self._thread = threading.Thread(
-            target=self._advertiser.loop,
-            args=(self._interval, self._stop),
-            name="vramguard-advertise",
-            daemon=True,
+        stopping = self._threads.stopping
+        self._threads.start(
+            "vramguard-advertise", lambda: self._advertiser.loop(self._interval, stopping)
         )
-        self._thread.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            # A pass in flight ends within its API timeouts; a daemon thread, so do not wait.
-            self._thread.join(timeout=1)
+        # A pass in flight ends within its API timeouts; a daemon thread, so do not wait.
+        self._threads.stop()

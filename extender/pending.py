@@ -39,6 +39,7 @@ from extender.metrics import ExtenderMetrics
 from extender.snapshot import ClusterStore
 from gpumem.policy import Policy
 from kube.errors import EventExists, EventMissing, WriteError
+from kube.threads import Threads
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +122,8 @@ class PendingExplainer:
         self._nudged: dict[str, tuple[str, float]] = {}
         self._min_interval = min_interval
         self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
+        self._threads = Threads()
+        self._stop = self._threads.stopping
         self._write_problem: str | None = None
         self._listener_failed = False
         self._names_of: Policy | None = None
@@ -323,19 +324,14 @@ class PendingExplainer:
 
     def start(self) -> None:
         self._stop.clear()
-        self._threads = [
-            threading.Thread(target=self._evaluate_loop, name="vramguard-explain", daemon=True),
-            threading.Thread(target=self._record_loop, name="vramguard-events", daemon=True),
-        ]
-        for thread in self._threads:
-            thread.start()
+        self._threads.start("vramguard-explain", self._evaluate_loop)
+        self._threads.start("vramguard-events", self._record_loop)
 
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
-        for thread in self._threads:
-            # A write in flight ends within its API timeout; daemon threads, so do not wait.
-            thread.join(timeout=1)
+        # A write in flight ends within its API timeout; daemon threads, so do not wait.
+        self._threads.stop()
 
     def _evaluate_loop(self) -> None:
         while not self._stop.is_set():

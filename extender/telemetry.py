@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -24,6 +23,7 @@ from extender.metrics import ExtenderMetrics
 from extender.store import ClusterStore
 from gpumem.policy import Policy, Telemetry
 from gpumem.state import PodKey, Sample, TelemetryReading
+from kube.threads import Threads
 
 log = logging.getLogger(__name__)
 
@@ -309,20 +309,17 @@ class TelemetryPoller:
         self._policy = policy
         self._metrics = metrics
         self._clock = clock
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._threads = Threads()
+        self._stop = self._threads.stopping
         self._failing = False
         self._problems_logged: frozenset[str] = frozenset()
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="vramguard-telemetry", daemon=True)
-        self._thread.start()
+        self._threads.start("vramguard-telemetry", self._run)
 
     def stop(self) -> None:
         # A fetch in flight ends within its timeout; the thread is a daemon, so do not wait.
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=1)
+        self._threads.stop()
 
     def poll_once(self) -> bool:
         """One fetch; True when it succeeded."""
