@@ -7,15 +7,18 @@ global default that other code in the process might use.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal, overload
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
+
+from kube.errors import WriteError, api_message, cause
 
 ApiClient = client.ApiClient
 
@@ -116,6 +119,22 @@ def release(response: Any) -> None:
         release_conn()
 
 
+@contextlib.contextmanager
+def written_as(
+    error: type[WriteError], what: str, known: Mapping[int, Exception] | None = None
+) -> Iterator[None]:
+    """A write's failures as `error`: "what: 403 <the API's message>", or "what: <cause>"
+    when the API was not reached; a status in `known` raises its own exception instead."""
+    try:
+        yield
+    except ApiException as err:
+        if known and err.status in known:
+            raise known[err.status] from err
+        raise error(f"{what}: {err.status} {api_message(err)}") from err
+    except Exception as err:  # urllib3 and socket errors
+        raise error(f"{what}: {cause(err)}") from err
+
+
 __all__ = [
     "ApiClient",
     "ApiException",  # what an API call raises for an answer that is not 2xx
@@ -126,4 +145,5 @@ __all__ = [
     "read_json",
     "release",
     "scheduling_v1",
+    "written_as",
 ]

@@ -4,26 +4,11 @@ requeues a pod that only the extender refused; it is not an Event."""
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any
 
-from kubernetes.client.exceptions import ApiException
-
-from kube.client import release
-from kube.errors import NudgeError, api_message, cause
-from kube.events import rfc3339
-
-
-class NudgeRequest(Protocol):
-    """The pod to nudge and why (extender.pending.NudgeRequest is one)."""
-
-    @property
-    def namespace(self) -> str: ...
-    @property
-    def pod_name(self) -> str: ...
-    @property
-    def pod_uid(self) -> str: ...
-    @property
-    def message(self) -> str: ...
+from kube.client import release, written_as
+from kube.errors import NudgeError
+from kube.events import PodMessage, rfc3339
 
 
 class KubernetesNudger:
@@ -37,7 +22,7 @@ class KubernetesNudger:
         self._reason = reason
         self._timeout = timeout_seconds
 
-    def nudge(self, request: NudgeRequest, now: float) -> None:
+    def nudge(self, request: PodMessage, now: float) -> None:
         """Set the condition (a strategic merge on the conditions' type, so kube-scheduler's
         PodScheduled and the kubelet's are left alone); raise NudgeError. The uid in the
         patch is a precondition: a pod recreated under the same name is not touched."""
@@ -55,7 +40,7 @@ class KubernetesNudger:
                 ]
             },
         }
-        try:
+        with written_as(NudgeError, f"setting {self._condition} on a pod"):
             response = self._core.patch_namespaced_pod_status(
                 request.pod_name,
                 request.namespace,
@@ -64,10 +49,4 @@ class KubernetesNudger:
                 _preload_content=False,
                 _request_timeout=self._timeout,
             )
-        except ApiException as err:
-            raise NudgeError(
-                f"setting {self._condition} on a pod: {err.status} {api_message(err)}"
-            ) from err
-        except Exception as err:
-            raise NudgeError(f"setting {self._condition} on a pod: {cause(err)}") from err
         release(response)

@@ -11,18 +11,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from kubernetes.client.exceptions import ApiException
-
-from kube.client import release
-from kube.errors import (
-    HTTP_CONFLICT,
-    HTTP_NOT_FOUND,
-    EventExists,
-    EventMissing,
-    EventWriteError,
-    api_message,
-    cause,
-)
+from kube.client import release, written_as
+from kube.errors import HTTP_CONFLICT, HTTP_NOT_FOUND, EventExists, EventMissing, EventWriteError
 
 
 def event_body(
@@ -72,11 +62,9 @@ def rfc3339(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-class EventRequest(Protocol):
-    """One named Event about one pod (extender.pending.EventRequest is one)."""
+class PodMessage(Protocol):
+    """Something to say about one pod (kube.conditions' nudge is one)."""
 
-    @property
-    def name(self) -> str: ...
     @property
     def namespace(self) -> str: ...
     @property
@@ -85,6 +73,13 @@ class EventRequest(Protocol):
     def pod_uid(self) -> str: ...
     @property
     def message(self) -> str: ...
+
+
+class EventRequest(PodMessage, Protocol):
+    """One named Event about one pod (extender.pending.EventRequest is one)."""
+
+    @property
+    def name(self) -> str: ...
     @property
     def count(self) -> int: ...
 
@@ -123,25 +118,21 @@ class KubernetesEvents:
             count=request.count,
             name=request.name,
         )
-        try:
+        exists = {HTTP_CONFLICT: EventExists(request.name)}
+        with written_as(EventWriteError, "creating an event", exists):
             response = self._core.create_namespaced_event(
                 request.namespace,
                 body,
                 _preload_content=False,
                 _request_timeout=self._timeout,
             )
-        except ApiException as err:
-            if err.status == HTTP_CONFLICT:
-                raise EventExists(request.name) from err
-            raise EventWriteError(f"creating an event: {err.status} {api_message(err)}") from err
-        except Exception as err:  # urllib3 and socket errors
-            raise EventWriteError(f"creating an event: {cause(err)}") from err
         release(response)
 
     def refresh(self, request: EventRequest, now: float) -> None:
         """Set its count, message and last timestamp; raise EventMissing or EventWriteError."""
         patch = {"count": request.count, "lastTimestamp": rfc3339(now), "message": request.message}
-        try:
+        missing = {HTTP_NOT_FOUND: EventMissing(request.name)}
+        with written_as(EventWriteError, "patching an event", missing):
             response = self._core.patch_namespaced_event(
                 request.name,
                 request.namespace,
@@ -150,10 +141,4 @@ class KubernetesEvents:
                 _preload_content=False,
                 _request_timeout=self._timeout,
             )
-        except ApiException as err:
-            if err.status == HTTP_NOT_FOUND:
-                raise EventMissing(request.name) from err
-            raise EventWriteError(f"patching an event: {err.status} {api_message(err)}") from err
-        except Exception as err:
-            raise EventWriteError(f"patching an event: {cause(err)}") from err
         release(response)
