@@ -28,7 +28,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from extender.binding import BindCoordinator, Binder
-from extender.fit import FilterResult, filter_nodes, need_mib, score_nodes, vet_preemption
+from extender.debug import describe_snapshot
 from extender.metrics import ExtenderMetrics
 from extender.models import (
     ExtenderArgs,
@@ -43,8 +43,9 @@ from extender.models import (
     pod_key,
     pod_uid,
 )
+from extender.scheduling import FilterResult, filter_nodes, need_mib, score_nodes, vet_preemption
 from extender.settings import Settings
-from extender.snapshot import ClusterStore, NodeState, Snapshot
+from extender.store import ClusterStore
 from gpumem.demand import DemandError, PodDemand, read_demand
 from gpumem.policy import Policy
 from gpumem.policy_file import ReloadOutcome
@@ -392,65 +393,6 @@ def not_ready_because(store: ClusterStore, policy: Policy) -> list[str]:
     if not telemetry.fetched_once and policy.extender.stale_mode == "deny":
         problems.append("no telemetry fetched yet and staleMode is deny")
     return problems
-
-
-def describe_snapshot(snapshot: Snapshot, now: float, only: str | None = None) -> dict[str, Any]:
-    """The snapshot as JSON for /debug/snapshot: per node what the fit rule sees."""
-    telemetry = snapshot.telemetry
-    nodes = snapshot.nodes
-    if only is not None:
-        nodes = {only: nodes[only]} if only in nodes else {}
-    return {
-        "version": snapshot.version,
-        "synced": snapshot.synced,
-        "telemetry": {
-            "source": telemetry.source,
-            "failing": telemetry.failing,
-            "error": telemetry.error,
-            "ageSeconds": (
-                None if telemetry.fetched_at is None else round(now - telemetry.fetched_at, 1)
-            ),
-        },
-        "nodes": {name: describe_node(state, now) for name, state in sorted(nodes.items())},
-    }
-
-
-def describe_node(node: NodeState, now: float) -> dict[str, Any]:
-    live = node.live
-    return {
-        "known": node.known,
-        "capacityMiB": node.capacity.mib,
-        "capacitySource": node.capacity.source,
-        "declaredMiB": node.declared_mib,
-        "reservedMiB": node.reserved_mib(now),
-        "notYetUsingMiB": node.not_yet_using_mib(now),
-        "liveFreeMiB": None if live is None else live.free_mib,
-        "liveUsedMiB": None if live is None else live.used_mib,
-        "telemetryAgeSeconds": None if live is None else round(live.age(now), 1),
-        "pods": [
-            {
-                "namespace": pod.namespace,
-                "name": pod.name,
-                "uid": pod.uid,
-                "declaredMiB": pod.declared_mib,
-                "usedMiB": pod.used_mib,
-                "warmingUp": pod.warming(now),
-                "warmUntil": None if math.isinf(pod.warm_until) else pod.warm_until,
-            }
-            for pod in node.pods
-        ],
-        "reservations": [
-            {
-                "namespace": r.namespace,
-                "name": r.name,
-                "uid": r.uid,
-                "mib": r.mib,
-                "expiresInSeconds": round(r.expires_at - now, 1),
-            }
-            for r in node.reservations
-            if r.expires_at > now
-        ],
-    }
 
 
 __all__ = ["ExtenderDeps", "FixedPolicy", "create_app", "create_metrics_app"]

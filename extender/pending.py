@@ -6,7 +6,7 @@ Three parts, each on its own thread:
   which keeps the set of the served scheduler's unschedulable GPU pods: a few dict operations,
   and for a pod that just became unschedulable a nudge to the evaluator. No fit work there.
 - the evaluator wakes on a nudge and every `interval` seconds, evaluates the pods that may get
-  an Event (extender.explain.explain_pod over the store's snapshot), and puts what is worth
+  an Event (gpumem.explain.explain_pod over the store's snapshot), and puts what is worth
   saying (EventThrottle) on a small bounded queue; when the queue is full the Event is dropped,
   counted, and tried again on the next pass.
 - the recorder takes Events off the queue and writes them through an EventSink
@@ -33,10 +33,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from extender.explain import Action, EventThrottle, PendingPod, event_name, explain_pod, pending_pod
-from extender.fit import PREFIX
 from extender.metrics import ExtenderMetrics
-from extender.snapshot import ClusterStore
+from extender.store import ClusterStore
+from extender.throttle import Action, EventThrottle, event_name
+from gpumem.explain import explain_pod
+from gpumem.fit import PREFIX
+from gpumem.pending import PendingPod, pending_pod
 from gpumem.policy import Policy
 from kube.errors import EventExists, EventMissing, WriteError
 from kube.threads import Threads
@@ -81,7 +83,6 @@ class EventSink(Protocol):
 
     def refresh(self, request: EventRequest, now: float) -> None:
         """Set its count, message and last timestamp; raise EventMissing or EventWriteError."""
-
 
 
 class Nudger(Protocol):

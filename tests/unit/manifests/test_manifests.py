@@ -535,7 +535,7 @@ def test_watchdog_runs_the_console_script_with_least_privilege() -> None:
 
 def test_alerts_use_metric_names_the_watchdog_exports() -> None:
     # Imported here, as in the extender's test below.
-    from ops.watchdog import RecycleResult, WatchdogMetrics  # noqa: PLC0415
+    from ops.watchdog_metrics import RecycleResult, WatchdogMetrics  # noqa: PLC0415
 
     exported: set[str] = set()
     for family in WatchdogMetrics(dry_run=True).registry.collect():
@@ -791,8 +791,8 @@ def test_alerts_use_metric_names_the_extender_exports() -> None:
     """The rules name the extender's metrics as exported (counters gain _total) and its
     refusal kinds; a rename in extender/ must fail here, not silently mute an alert."""
     # Imported here: the rest of this module must not depend on the extender importing.
-    from extender.fit import RefusalKind  # noqa: PLC0415
     from extender.metrics import ExtenderMetrics  # noqa: PLC0415
+    from gpumem.fit import RefusalKind  # noqa: PLC0415
 
     exported: set[str] = set()
     for family in ExtenderMetrics().registry.collect():
