@@ -4,9 +4,8 @@ Plain HTTP only on loopback (kube-scheduler in the same pod); anywhere else HTTP
 client certificates when --client-ca is given. --metrics-port adds a second listener, in the
 same process and event loop, serving only /metrics, /healthz and /readyz (plain HTTP, any
 address): what Prometheus and the kubelet need, without exposing the verbs.
---advertise-interval runs `vramguard advertise` in a background thread. Pending GPU pods of
---scheduler-name get a GPUMemoryUnavailable event with vramguard's numbers
-(--no-explain-pending turns that off; see extender.pending).
+Pending GPU pods of the policy's schedulerName get a GPUMemoryUnavailable event with
+vramguard's numbers (--no-explain-pending turns that off; see extender.pending).
 """
 
 from __future__ import annotations
@@ -25,7 +24,6 @@ from starlette.types import ASGIApp
 
 from certs.reloading import CertificateLoadError, ReloadingTLS
 from certs.serving import InsecureBindError, build_server, require_tls_unless_loopback, run_server
-from extender.advertise import Advertiser, AdvertiserService
 from extender.app import (
     BackgroundService,
     ExtenderDeps,
@@ -50,7 +48,6 @@ from kube.binder import KubernetesBinder
 from kube.client import core_api
 from kube.conditions import KubernetesNudger
 from kube.events import KubernetesEvents
-from kube.nodes import KubernetesNodes
 
 log = logging.getLogger("extender")
 
@@ -85,11 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--metrics-host", default=suppress, help="listen address of --metrics-port (0.0.0.0)")
     add(
         "--advertise-interval",
-        type=float,
+        action=_Removed,
         default=suppress,
-        metavar="SECONDS",
-        help="advertise each GPU node's gpumem from its GFD labels every SECONDS "
-        "(as `vramguard advertise`; needs patch on nodes/status); 0: off (default)",
+        help=argparse.SUPPRESS,
     )
     add(
         "--explain-pending",
@@ -101,11 +96,22 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--scheduler-name",
         default=suppress,
-        help="the scheduler this extender serves; only its pods are explained "
-        "(default vramguard-scheduler)",
+        help="the scheduler this extender serves when the policy's schedulerName is null "
+        "(default vramguard-scheduler); otherwise the policy's is served",
     )
     add("--log-level", default=suppress, choices=["critical", "error", "warning", "info", "debug"])
     return parser
+
+
+class _Removed(argparse.Action):
+    """An option that no longer exists, refused with what to do instead rather than with
+    argparse's bare "unrecognized arguments"."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object, **__: object) -> None:
+        parser.error(
+            "--advertise-interval was removed: the extender no longer advertises gpumem; run "
+            "`vramguard advertise` (manifests/components/advertiser), the one advertiser"
+        )
 
 
 def load_settings(argv: Sequence[str] | None = None) -> Settings:
@@ -139,11 +145,6 @@ def build_deps(settings: Settings, policy_file: PolicyFile) -> ExtenderDeps:
         )
         services.append(explainer)
         listeners.append(explainer)
-    if settings.advertise_interval > 0:
-        advertiser = Advertiser(
-            KubernetesNodes(core), lambda: policy_file.current, quiet_repeats=True
-        )
-        services.append(AdvertiserService(advertiser, settings.advertise_interval))
     return ExtenderDeps(
         store=store,
         binder=KubernetesBinder(core, settings.bind_timeout_seconds),

@@ -169,7 +169,10 @@ class PendingExplainer:
             policy = self._store.policy
             if policy is not self._names_of:  # built once per policy, not once per event
                 self._names, self._names_of = policy.resource_names, policy
-            return pending_pod(raw, self._scheduler_name, self._names)
+            # The policy names the scheduler (the webhook sets it on GPU pods); the flag only
+            # stands in when the policy leaves pods' schedulerName alone (null).
+            served = policy.scheduler_name or self._scheduler_name
+            return pending_pod(raw, served, self._names)
         except Exception:
             if not self._listener_failed:
                 self._listener_failed = True

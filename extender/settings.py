@@ -45,24 +45,18 @@ class Settings(BaseSettings):
         "HTTP on this port (for Prometheus and kubelet probes); default: no such listener.",
     )
     metrics_host: str = Field(default="0.0.0.0", description="Listen address of metrics_port.")
-    advertise_interval: float = Field(
-        default=0.0,
-        ge=0,
-        le=86400,
-        description="Seconds between passes advertising each GPU node's gpumem from its GFD "
-        "labels (as `vramguard advertise` does); 0: off.",
-    )
 
     explain_pending: bool = Field(
         default=True,
-        description="Explain Pending GPU pods of scheduler_name with a GPUMemoryUnavailable "
+        description="Explain Pending GPU pods of the served scheduler with a GPUMemoryUnavailable "
         "Event that gives vramguard's numbers (kube-scheduler's own event only says "
         "'Insufficient vramguard.io/gpumem'). Needs create and patch on events.",
     )
     scheduler_name: str = Field(
         default="vramguard-scheduler",
         min_length=1,
-        description="The scheduler this extender serves: only its pods are explained.",
+        description="The scheduler this extender serves when the policy's schedulerName is "
+        "null; otherwise the policy's schedulerName is served. Only its pods are explained.",
     )
     explain_interval_seconds: float = Field(
         default=30.0,

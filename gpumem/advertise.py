@@ -9,7 +9,7 @@ memory (MiB) times the number of GPUs, minus the policy's capacitySlackMiB (what
 CUDA contexts keep).
 
 Pure: `plan_node` reads a raw Node and returns a `NodeAdvert`; the passes that apply the plan
-over the cluster are extender.advertise's.
+over the cluster are ops.advertiser's.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 An ApiException's body is a Status object whose "message" says what was refused; a urllib3
 error chain hides the useful part ("Connection refused") under connection object reprs.
 This module imports no `kubernetes`: the services' ports (extender.binding.Binder,
-extender.pending's EventSink and Nudger, extender.advertise.NodeClient) name these errors
+extender.pending's EventSink and Nudger, ops.advertiser.NodeClient) name these errors
 without loading the client.
 """
 

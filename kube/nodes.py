@@ -1,4 +1,4 @@
-"""The advertiser's node client (extender.advertise.NodeClient): GPU nodes read as raw JSON,
+"""The advertiser's node client (ops.advertiser.NodeClient): GPU nodes read as raw JSON,
 status patched through the status subresource with a JSON patch."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ RawObject = dict[str, Any]
 
 
 class KubernetesNodes:
-    """extender.advertise.NodeClient over a CoreV1Api. Every failure becomes a NodeAPIError
+    """ops.advertiser.NodeClient over a CoreV1Api. Every failure becomes a NodeAPIError
     whose message a person can act on (no urllib3 object reprs)."""
 
     def __init__(self, core: Any, timeout_seconds: float = 30.0) -> None:

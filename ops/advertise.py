@@ -21,12 +21,12 @@ import threading
 import time
 from typing import Any
 
-from extender.advertise import Advertiser
 from gpumem.policy_file import PolicyError
 from kube.client import core_api
 from kube.errors import NodeAPIError
 from kube.nodes import KubernetesNodes
 from ops import common, readings
+from ops.advertiser import Advertiser
 from ops.common import FAILED, OK, USAGE_ERROR
 from ops.probes import TEXT, ProbeServer
 

@@ -5,7 +5,6 @@ from pathlib import Path
 import pytest
 
 from extender.__main__ import build_deps, load_settings, main
-from extender.advertise import AdvertiserService
 from extender.pending import PendingExplainer
 from extender.telemetry import TelemetryPoller
 from extender.watches import ResourceWatch
@@ -151,19 +150,24 @@ def test_explain_pending_can_be_turned_off(
     assert (settings.explain_pending, settings.scheduler_name) == (True, "other")
 
 
-def test_metrics_listener_and_advertiser_options(policy: Path, tmp_path: Path) -> None:
+def test_metrics_listener_options(policy: Path, tmp_path: Path) -> None:
     base = kubeconfig_args(policy, tmp_path)
     defaults = load_settings(base)
-    assert (defaults.metrics_port, defaults.metrics_host, defaults.advertise_interval) == (
-        None,
-        "0.0.0.0",
-        0.0,
-    )
-    settings = load_settings([*base, "--metrics-port", "8889", "--advertise-interval", "60"])
+    assert (defaults.metrics_port, defaults.metrics_host) == (None, "0.0.0.0")
+    settings = load_settings([*base, "--metrics-port", "8889"])
     assert (settings.metrics_port, settings.metrics_host) == (8889, "0.0.0.0")
-    assert settings.advertise_interval == 60.0
     deps = build_deps(settings, PolicyFile(policy))
-    assert [type(s) for s in deps.services] == [PendingExplainer, AdvertiserService]
+    # One advertiser, `vramguard advertise`: the extender runs no advertising thread.
+    assert [type(s) for s in deps.services] == [PendingExplainer]
+
+
+def test_the_removed_advertise_interval_says_what_to_run_instead(
+    policy: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        load_settings(["--policy", str(policy), "--advertise-interval", "60"])
+    assert exit_info.value.code == 2
+    assert "run `vramguard advertise`" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -171,11 +175,10 @@ def test_metrics_listener_and_advertiser_options(policy: Path, tmp_path: Path) -
     [
         ["--metrics-port", "8888"],
         ["--metrics-port", "0"],
-        ["--advertise-interval", "-1"],
     ],
-    ids=["metrics-on-the-verbs-port", "metrics-port-0", "negative-interval"],
+    ids=["metrics-on-the-verbs-port", "metrics-port-0"],
 )
-def test_invalid_metrics_or_advertise_options_exit_2(policy: Path, extra: list[str]) -> None:
+def test_invalid_metrics_options_exit_2(policy: Path, extra: list[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         load_settings(["--policy", str(policy), "--prometheus-url", "http://p", *extra])
     assert exit_info.value.code == 2

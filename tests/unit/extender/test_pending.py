@@ -18,6 +18,7 @@ from extender.pending import (
 )
 from extender.store import ClusterStore
 from extender.watches import pod_watch
+from gpumem.policy import Policy
 from kube.errors import EventExists, EventMissing, EventWriteError
 from tests.unit.extender.factories import (
     NOW,
@@ -432,3 +433,21 @@ def test_the_extenders_role_may_write_the_events() -> None:
         for verb in rule["verbs"]
     }
     assert {("", "events", "create"), ("", "events", "patch")} <= granted
+
+
+@pytest.mark.parametrize(
+    ("policy_scheduler", "explained"),
+    [("gpu-scheduler", True), (None, False)],
+    ids=["the-policy-names-it", "null-policy-falls-back-to-the-flag"],
+)
+def test_the_served_scheduler_is_the_policys(
+    store: ClusterStore, clock: Clock, policy_scheduler: str | None, explained: bool
+) -> None:
+    # The explainer was started for vramguard-scheduler (--scheduler-name's default), but the
+    # policy, which the webhook sets on GPU pods, names the scheduler when it names one.
+    store.set_policy(Policy.model_validate({"schedulerName": policy_scheduler}))
+    explainer, _ = make_explainer(store, FakeSink(), clock)
+    pod = unschedulable("incoming", 1500)
+    pod["spec"]["schedulerName"] = "gpu-scheduler"
+    explainer.apply_pod_event("ADDED", pod)
+    assert [p.name for p in explainer.pending()] == (["incoming"] if explained else [])

@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 
-from extender.advertise import Advertiser, NodeAPIError
 from ops import advertise, build_parser, common, main
 from ops.advertise import HealthServer
+from ops.advertiser import Advertiser, NodeAPIError
 from tests.unit.extender.factories import GPUMEM, make_node, make_policy
-from tests.unit.extender.test_advertise import FakeNodes
 from tests.unit.gpumem.test_advertise import gpu_node
+from tests.unit.ops.test_advertiser import FakeNodes
 
 UNREACHABLE_KUBECONFIG = """\
 apiVersion: v1

@@ -2,9 +2,9 @@
 
 The plan (which nodes, which value, which patch) is gpumem.advertise's. `Advertiser` runs passes
 through a `NodeClient` (kube.nodes.KubernetesNodes in production), re-asserting the value
-every interval because a Node that is recreated, or a kubelet that re-registers, loses it:
-`vramguard advertise` runs them as its own Deployment, `AdvertiserService` in a thread of the
-extender (--advertise-interval).
+every interval because a Node that is recreated, or a kubelet that re-registers, loses it.
+`vramguard advertise` (ops.advertise) runs them, as its own Deployment: the one advertiser, so
+that only it needs to patch nodes/status (the extender used to offer a second one in a thread).
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from typing import Any, Protocol
 from gpumem.advertise import NodeAdvert, plan_nodes
 from gpumem.policy import Policy
 from kube.errors import NodeAPIError
-from kube.threads import Threads
 
 log = logging.getLogger(__name__)
 
@@ -162,22 +161,3 @@ class Advertiser:
             if not (self._quiet_repeats and repeated) or advert.action in ("set", "failed"):
                 self._emit(line)
         self._last_lines = lines
-
-
-class AdvertiserService:
-    """An Advertiser's loop in a daemon thread: the extender's --advertise-interval."""
-
-    def __init__(self, advertiser: Advertiser, interval: float) -> None:
-        self._advertiser = advertiser
-        self._interval = interval
-        self._threads = Threads()
-
-    def start(self) -> None:
-        stopping = self._threads.stopping
-        self._threads.start(
-            "vramguard-advertise", lambda: self._advertiser.loop(self._interval, stopping)
-        )
-
-    def stop(self) -> None:
-        # A pass in flight ends within its API timeouts; a daemon thread, so do not wait.
-        self._threads.stop()

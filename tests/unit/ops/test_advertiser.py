@@ -10,13 +10,13 @@ from typing import Any
 import jsonpatch
 import pytest
 
-from extender.advertise import Advertiser, AdvertiserService, NodeAPIError
+from ops.advertiser import Advertiser, NodeAPIError
 from tests.unit.extender.factories import GPUMEM, make_node, make_policy
 from tests.unit.gpumem.test_advertise import gpu_node
 
 
 class FakeNodes:
-    """extender.advertise.NodeClient over a dict of raw nodes, applying patches for real."""
+    """ops.advertiser.NodeClient over a dict of raw nodes, applying patches for real."""
 
     def __init__(self, *nodes: dict[str, Any]) -> None:
         self.nodes = {n["metadata"]["name"]: n for n in nodes}
@@ -147,8 +147,9 @@ def test_the_loop_survives_failing_passes_and_stops() -> None:
     client = FakeNodes(gpu_node("gpu-1"))
     client.unreachable = True
     adv, _ = advertiser(client)
-    service = AdvertiserService(adv, interval=0.01)
-    service.start()
+    stop = threading.Event()
+    loop = threading.Thread(target=adv.loop, args=(0.01, stop), daemon=True)
+    loop.start()
     try:
         # Passes fail while the API is away, then the node is patched once it is back.
         threading.Event().wait(0.05)
@@ -158,5 +159,6 @@ def test_the_loop_survives_failing_passes_and_stops() -> None:
                 break
             threading.Event().wait(0.01)
     finally:
-        service.stop()
+        stop.set()
+        loop.join(timeout=5)
     assert [name for name, _ in client.patches] == ["gpu-1"]
