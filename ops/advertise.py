@@ -8,8 +8,8 @@ One line per node: the arithmetic (GFD memory x count - slack = value) and what 
 pass every --interval seconds and reports only what changed after the first pass.
 
 Exit status: 0 when the pass went through (--once), 1 when the cluster could not be reached or
-a patch was refused, 2 on a usage error (bad arguments, unreadable policy). A loop exits 1 only
-when its first pass cannot read the nodes (wrong kubeconfig, no permission): later failures
+a patch was refused, 2 on a usage error (bad arguments, unreadable policy or kubeconfig). A loop exits 1
+only when its first pass cannot read the nodes (no permission, API unreachable): later failures
 are logged and retried, since the apiserver may just be restarting.
 """
 
@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
             args.kubeconfig, lambda path: core_api(str(path) if path else None, pool_size=4)
         )
     except readings.ReadError as err:
-        return common.fail(NAME, str(err), FAILED)
+        return common.fail(NAME, str(err), err.status)
 
     policy = current_policy()
     advertiser = Advertiser(

@@ -20,8 +20,8 @@ placed anew. A pod of another scheduler is judged all the same, saying that vram
 judges it; a terminated pod, or one that declares no GPU memory, is not judged.
 
 Exit status: 0 when the pod was explained (also when vramguard does not judge it); 1 when the
-cluster cannot be read or the pod does not exist; 2 on a usage error, an unreadable policy or
-GPU-memory declaration, or when Prometheus could not be read (the verdicts are printed, on the
+cluster cannot be read or the pod does not exist; 2 on a usage error, an unreadable policy,
+kubeconfig or GPU-memory declaration, or when Prometheus could not be read (the verdicts are printed, on the
 declared budgets alone).
 """
 
@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         nodes, pods = readings.list_cluster(args.kubeconfig)
     except readings.ReadError as err:
-        return common.fail(NAME, str(err), FAILED)
+        return common.fail(NAME, str(err), err.status)
     raw = find_pod(pods, args.namespace, args.pod)
     if raw is None:
         return common.fail(NAME, f"pod {args.namespace}/{args.pod} not found", FAILED)

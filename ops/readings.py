@@ -27,6 +27,7 @@ from gpumem.state import PodKey, Snapshot, TelemetryReading
 from kube import errors
 from kube.client import ApiException, core_api
 from kube.reflector import RawObject
+from ops.common import FAILED, USAGE_ERROR
 
 T = TypeVar("T")
 
@@ -36,7 +37,17 @@ EXTENDER_TIMEOUT_SECONDS = 10.0
 
 
 class ReadError(Exception):
-    """The cluster, Prometheus or the extender could not be read; the message says why."""
+    """The cluster, Prometheus or the extender could not be read; the message says why.
+    `status` is the exit status of a command that cannot go on without the reading."""
+
+    status = FAILED
+
+
+class SetupError(ReadError):
+    """The kubeconfig names no file, or its credentials cannot be loaded: a usage error like
+    an unreadable policy, which every command reports with the same exit status."""
+
+    status = USAGE_ERROR
 
 
 class TelemetryUnavailable(ReadError):
@@ -69,11 +80,11 @@ def connect(kubeconfig: Path | None, client: Callable[[Path | None], T]) -> T:
     """`client(kubeconfig)`, a Kubernetes client; a ReadError when the named kubeconfig is no
     file or the credentials cannot be loaded."""
     if kubeconfig is not None and not kubeconfig.is_file():
-        raise ReadError(f"kubeconfig {kubeconfig}: no such file")
+        raise SetupError(f"kubeconfig {kubeconfig}: no such file")
     try:
         return client(kubeconfig)
     except Exception as err:  # kubernetes.config raises several kinds, all a setup problem
-        raise ReadError(f"cannot load Kubernetes credentials: {err}") from err
+        raise SetupError(f"cannot load Kubernetes credentials: {err}") from err
 
 
 def list_cluster(kubeconfig: Path | None) -> tuple[list[RawObject], list[RawObject]]:
@@ -200,6 +211,7 @@ def _short(text: str) -> str:
 __all__ = [
     "PolicyError",
     "ReadError",
+    "SetupError",
     "TelemetryUnavailable",
     "build_snapshot",
     "cause",

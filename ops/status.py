@@ -10,7 +10,7 @@ own (its /debug/snapshot, the only place reservations are known); otherwise they
 list of the API and one read of Prometheus (--prometheus-url; without it, live columns are -).
 
 Exit status: 0 when everything was read; 1 when the cluster or the extender could not be read;
-2 when the policy is unreadable, or when Prometheus could not be read (the tables are printed
+2 when the policy or the kubeconfig is unreadable, or when Prometheus could not be read (the tables are printed
 without live figures).
 """
 
@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
             snapshot = readings.build_snapshot(policy, nodes, pods, reading, now)
             status = status_from_snapshot(snapshot, now, readings.pod_classes(pods))
     except readings.ReadError as err:
-        return common.fail(NAME, str(err), FAILED)
+        return common.fail(NAME, str(err), err.status)
     except ValueError as err:  # an extender snapshot of another shape
         return common.fail(NAME, str(err), FAILED)
     common.show(

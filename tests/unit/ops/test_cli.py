@@ -161,7 +161,9 @@ def test_unreachable_cluster_is_one_clear_line(
 def test_missing_kubeconfig_is_one_clear_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["advertise", "--once", "--kubeconfig", str(tmp_path / "absent")]) == 1
+    assert (
+        main(["advertise", "--once", "--kubeconfig", str(tmp_path / "absent")]) == 2
+    )  # a usage error in every command
     err = capsys.readouterr().err
     assert err == f"vramguard advertise: kubeconfig {tmp_path / 'absent'}: no such file\n"
 

@@ -258,7 +258,9 @@ def test_fetch_from_an_unreachable_extender_is_a_read_error() -> None:
 
 
 def test_status_against_a_missing_kubeconfig(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["status", "--kubeconfig", "/nonexistent/kubeconfig"]) == 1
+    assert (
+        main(["status", "--kubeconfig", "/nonexistent/kubeconfig"]) == 2
+    )  # a usage error in every command
     assert capsys.readouterr().err == (
         "vramguard status: kubeconfig /nonexistent/kubeconfig: no such file\n"
     )

@@ -322,8 +322,10 @@ def test_an_unreachable_cluster_is_one_line_and_exit_1(
     assert len(captured.err.strip().splitlines()) == 1
 
 
-def test_a_missing_kubeconfig_is_one_line_and_exit_1(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(explain("p", "--kubeconfig", "/nonexistent/kubeconfig")) == 1
+def test_a_missing_kubeconfig_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert (
+        main(explain("p", "--kubeconfig", "/nonexistent/kubeconfig")) == 2
+    )  # a usage error in every command
     assert capsys.readouterr().err == (
         "vramguard explain: kubeconfig /nonexistent/kubeconfig: no such file\n"
     )
