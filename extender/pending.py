@@ -35,7 +35,7 @@ from typing import Any, Literal, Protocol
 
 from extender.metrics import ExtenderMetrics
 from extender.store import ClusterStore
-from extender.throttle import Action, EventThrottle, event_name
+from extender.throttle import EventAction, EventThrottle, event_name
 from gpumem.explain import explain_pod
 from gpumem.fit import PREFIX
 from gpumem.pending import PendingPod, pending_pod
@@ -57,7 +57,7 @@ Result = Literal["created", "refreshed", "duplicate", "dropped", "error", "nudge
 class EventRequest:
     """One Event to write (create) or to bump (refresh: count and last timestamp)."""
 
-    action: Action
+    action: EventAction
     name: str
     namespace: str
     pod_name: str

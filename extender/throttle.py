@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-Action = Literal["create", "refresh"]
+EventAction = Literal["create", "refresh"]
 
 
 @dataclass(slots=True)
@@ -39,7 +39,7 @@ class EventThrottle:
         said = self._said.get(uid)
         return said is None or now - said.at >= self.min_interval
 
-    def decide(self, uid: str, key: str, now: float) -> Action | None:
+    def decide(self, uid: str, key: str, now: float) -> EventAction | None:
         said = self._said.get(uid)
         if said is None:
             return "create"
@@ -48,12 +48,12 @@ class EventThrottle:
             return "refresh" if refresh is not None and now - said.at >= refresh else None
         return "create" if now - said.at >= self.min_interval else None
 
-    def next_count(self, uid: str, action: Action) -> int:
+    def next_count(self, uid: str, action: EventAction) -> int:
         """The count the Event will carry: 1 for a new one, one more for a refresh."""
         previous = self._said.get(uid)
         return previous.count + 1 if action == "refresh" and previous is not None else 1
 
-    def said(self, uid: str, key: str, now: float, action: Action) -> None:
+    def said(self, uid: str, key: str, now: float, action: EventAction) -> None:
         """Record an Event handed to the recorder."""
         self._said[uid] = _Said(key, now, self.next_count(uid, action))
 

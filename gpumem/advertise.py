@@ -26,7 +26,7 @@ from gpumem.policy import Policy
 from gpumem.quantity import QuantityError, parse_quantity
 
 JsonPatch = tuple[dict[str, Any], ...]
-Action = Literal["set", "unchanged", "skipped", "would-set", "failed"]
+AdvertAction = Literal["set", "unchanged", "skipped", "would-set", "failed"]
 # Both maps are patched; see NodeAdvert.patch for why allocatable too.
 STATUS_FIELDS = ("capacity", "allocatable")
 # quantity_value reads a status value in gpumem.quantity's grammar, less what the advertiser
@@ -47,7 +47,7 @@ class NodeAdvert:
     """
 
     node: str
-    action: Action
+    action: AdvertAction
     resource: str = ""
     card_mib: int | None = None
     gpu_count: int | None = None

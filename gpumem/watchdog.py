@@ -6,7 +6,7 @@ not a limit: a time-sliced GPU has no memory isolation, and one tenant's allocat
 grow past its budget until its neighbours fail with CUDA out-of-memory errors (the seeds'
 immich-ml at 10.7 GB). The watchdog is the backstop the seeds ran as gpu-vram-watchdog.
 
-Per GPU node, one Decision, in this order (all MiB):
+Per GPU node, one WatchdogDecision, in this order (all MiB):
 
 1. telemetry-unavailable: no live reading for the node, or one older than maxAgeSeconds.
    Nothing is done blind.
@@ -47,7 +47,7 @@ from gpumem.pending import PendingPod, pending_pod
 from gpumem.policy import ExtenderSettings, Policy
 from gpumem.state import NodeState, PodView, Snapshot
 
-Action = Literal["none", "recycle"]
+WatchdogAction = Literal["none", "recycle"]
 Reason = Literal[
     "ok",
     "telemetry-unavailable",
@@ -58,7 +58,7 @@ Reason = Literal[
     "over-budget",
     "unknown-node",
 ]
-ACTIONS: tuple[Action, ...] = get_args(Action)
+ACTIONS: tuple[WatchdogAction, ...] = get_args(WatchdogAction)
 REASONS: tuple[Reason, ...] = get_args(Reason)
 # Which reasons go with which action (the metrics start every pair at 0).
 RECYCLE_REASONS: tuple[Reason, ...] = ("over-budget",)
@@ -113,11 +113,11 @@ class Recycled:
 
 
 @dataclass(frozen=True, slots=True)
-class Decision:
+class WatchdogDecision:
     """What the watchdog does about one node, and why, with the numbers in `message`."""
 
     node: str
-    action: Action
+    action: WatchdogAction
     reason: Reason
     message: str
     free_mib: int | None = None
@@ -174,8 +174,8 @@ def decide(
     facts: PodFacts | None = None,
     recycled: Mapping[str, Recycled] | None = None,
     only: Collection[str] = (),
-) -> list[Decision]:
-    """One Decision per GPU node (a node vramguard knows with a capacity or a live reading),
+) -> list[WatchdogDecision]:
+    """One WatchdogDecision per GPU node (a node vramguard knows with a capacity or a live reading),
     sorted by name; with `only`, for those nodes alone. `settings` is the policy's extender
     section: a Pending pod is judged by the extender's own fit rule (gpumem.fit)."""
     nodes = snapshot.nodes
@@ -188,7 +188,9 @@ def decide(
         node = nodes.get(name)
         if node is None or not _is_gpu_node(node):
             decisions.append(
-                Decision(name, "none", "unknown-node", f"{name} is not a GPU node vramguard knows")
+                WatchdogDecision(
+                    name, "none", "unknown-node", f"{name} is not a GPU node vramguard knows"
+                )
             )
             continue
         context = _NodeContext(limits, now, facts.terminating, recycled.get(name))
@@ -204,16 +206,20 @@ class _NodeContext:
     last: Recycled | None
 
 
-def _decide_node(node: NodeState, waiting: Sequence[PendingPod], context: _NodeContext) -> Decision:
+def _decide_node(
+    node: NodeState, waiting: Sequence[PendingPod], context: _NodeContext
+) -> WatchdogDecision:
     """The rule (see the module docstring) for one node; `waiting` are the Pending pods that
     this node refuses for live VRAM and no other node takes."""
     limits, now, name = context.limits, context.now, node.name
     floor = limits.floor_mib
     live = node.live
     if live is None:
-        return Decision(name, "none", "telemetry-unavailable", "no live GPU memory telemetry")
+        return WatchdogDecision(
+            name, "none", "telemetry-unavailable", "no live GPU memory telemetry"
+        )
     if is_stale(live.sampled_at, limits.max_age_seconds, now):
-        return Decision(
+        return WatchdogDecision(
             name,
             "none",
             "telemetry-unavailable",
@@ -222,8 +228,8 @@ def _decide_node(node: NodeState, waiting: Sequence[PendingPod], context: _NodeC
         )
     free = live.free_mib
 
-    def none(reason: Reason, message: str) -> Decision:
-        return Decision(name, "none", reason, message, free, floor)
+    def none(reason: Reason, message: str) -> WatchdogDecision:
+        return WatchdogDecision(name, "none", reason, message, free, floor)
 
     if free >= floor:
         return none("ok", f"live free {free} MiB >= floor {floor} MiB")
@@ -272,7 +278,7 @@ def _decide_node(node: NodeState, waiting: Sequence[PendingPod], context: _NodeC
         return none("none-over-budget", f"{need}; no pod uses more than it declared")
     victim = min(over, key=_victim_rank)
     used = victim.used_mib or 0
-    return Decision(
+    return WatchdogDecision(
         name,
         "recycle",
         "over-budget",
@@ -329,9 +335,9 @@ __all__ = [
     "NONE_REASONS",
     "REASONS",
     "RECYCLE_REASONS",
-    "Decision",
     "PodFacts",
     "Recycled",
+    "WatchdogDecision",
     "WatchdogLimits",
     "decide",
     "pod_facts",

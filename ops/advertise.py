@@ -8,9 +8,9 @@ One line per node: the arithmetic (GFD memory x count - slack = value) and what 
 pass every --interval seconds and reports only what changed after the first pass.
 
 Exit status: 0 when the pass went through (--once), 1 when the cluster could not be reached or
-a patch was refused, 2 on a usage error (bad arguments, unreadable policy or kubeconfig). A loop exits 1
-only when its first pass cannot read the nodes (no permission, API unreachable): later failures
-are logged and retried, since the apiserver may just be restarting.
+a patch was refused, 2 on a usage error (bad arguments, unreadable policy or kubeconfig). A
+loop exits 1 only when its first pass cannot read the nodes (no permission, API unreachable):
+later failures are logged and retried, since the apiserver may just be restarting.
 """
 
 from __future__ import annotations

@@ -21,8 +21,8 @@ judges it; a terminated pod, or one that declares no GPU memory, is not judged.
 
 Exit status: 0 when the pod was explained (also when vramguard does not judge it); 1 when the
 cluster cannot be read or the pod does not exist; 2 on a usage error, an unreadable policy,
-kubeconfig or GPU-memory declaration, or when Prometheus could not be read (the verdicts are printed, on the
-declared budgets alone).
+kubeconfig or GPU-memory declaration, or when Prometheus could not be read (the verdicts are
+printed, on the declared budgets alone).
 """
 
 from __future__ import annotations

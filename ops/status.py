@@ -10,8 +10,8 @@ own (its /debug/snapshot, the only place reservations are known); otherwise they
 list of the API and one read of Prometheus (--prometheus-url; without it, live columns are -).
 
 Exit status: 0 when everything was read; 1 when the cluster or the extender could not be read;
-2 when the policy or the kubeconfig is unreadable, or when Prometheus could not be read (the tables are printed
-without live figures).
+2 when the policy or the kubeconfig is unreadable, or when Prometheus could not be read (the
+tables are printed without live figures).
 """
 
 from __future__ import annotations

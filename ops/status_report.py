@@ -41,7 +41,7 @@ class PodRow:
 
 
 @dataclass(frozen=True, slots=True)
-class Status:
+class StatusReport:
     nodes: tuple[NodeRow, ...]
     pods: tuple[PodRow, ...]
     source: str  # "api" (the API and Prometheus, read here) or "extender" (its snapshot)
@@ -49,7 +49,7 @@ class Status:
 
 def status_from_snapshot(
     snapshot: Snapshot, now: float, classes: Mapping[PodKey, str] | None = None
-) -> Status:
+) -> StatusReport:
     """Rows from a snapshot built here from one list and one telemetry read: reservations
     exist only inside the extender, so reserved is unknown."""
     classes = classes or {}
@@ -71,12 +71,12 @@ def status_from_snapshot(
             )
         )
         pods += _pod_rows(name, state.pods, classes)
-    return Status(tuple(nodes), tuple(sorted(pods, key=_pod_order)), "api")
+    return StatusReport(tuple(nodes), tuple(sorted(pods, key=_pod_order)), "api")
 
 
 def status_from_debug(
     described: Mapping[str, Any], classes: Mapping[PodKey, str] | None = None
-) -> Status:
+) -> StatusReport:
     """Rows from the extender's /debug/snapshot (extender.debug.DebugSnapshot). Raises
     ValueError when it is not that shape."""
     classes = classes or {}
@@ -103,7 +103,7 @@ def status_from_debug(
             )
         )
         pods += _pod_rows(name, state.pods, classes)
-    return Status(tuple(nodes), tuple(sorted(pods, key=_pod_order)), "extender")
+    return StatusReport(tuple(nodes), tuple(sorted(pods, key=_pod_order)), "extender")
 
 
 class _PodFigures(Protocol):
@@ -145,7 +145,7 @@ def _first_error(err: ValidationError) -> str:
     return f"{where}: {first['msg']}{more}"
 
 
-def status_json(status: Status) -> dict[str, Any]:
+def status_json(status: StatusReport) -> dict[str, Any]:
     """-o json: the same names as the extender's /debug/snapshot where they mean the same."""
     return {
         "source": status.source,
@@ -204,7 +204,7 @@ def pod_cells(row: PodRow) -> tuple[str, ...]:
     )
 
 
-def render_status(status: Status, colour: bool = False) -> list[str]:
+def render_status(status: StatusReport, colour: bool = False) -> list[str]:
     lines = render_table(NODE_HEADERS, [node_cells(n) for n in status.nodes])
     lines.append("")
     if status.pods:

@@ -14,7 +14,7 @@ from typing import Protocol
 
 from gpumem.policy import Policy
 from gpumem.state import PodView
-from gpumem.watchdog import Decision, Recycled, WatchdogLimits, decide, pod_facts
+from gpumem.watchdog import Recycled, WatchdogDecision, WatchdogLimits, decide, pod_facts
 from ops import readings
 from ops.common import CANNOT_TELL, FAILED, OK
 from ops.watchdog_metrics import ErrorKind, RecycleResult, WatchdogMetrics
@@ -149,7 +149,7 @@ class Watchdog:
         )
         return FAILED if failed else OK
 
-    def _recycle(self, decision: Decision, now: float) -> tuple[RecycleResult, str]:
+    def _recycle(self, decision: WatchdogDecision, now: float) -> tuple[RecycleResult, str]:
         victim = decision.victim
         assert victim is not None  # a recycle always names its victim
         if self.options.dry_run:
@@ -183,7 +183,7 @@ class Watchdog:
 
 
 def _log_decision(
-    decision: Decision, dry_run: bool, result: RecycleResult | None, detail: str
+    decision: WatchdogDecision, dry_run: bool, result: RecycleResult | None, detail: str
 ) -> None:
     """One logfmt line per decision: recycles as warnings (errors as errors), other
     decisions that are not "ok" as info, "ok" at debug."""

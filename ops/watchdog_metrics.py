@@ -14,7 +14,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from gpumem.watchdog import NONE_REASONS, RECYCLE_REASONS, Decision
+from gpumem.watchdog import NONE_REASONS, RECYCLE_REASONS, WatchdogDecision
 from ops.probes import TEXT, ProbeServer
 
 METRICS_PREFIX = "vramguard_watchdog_"
@@ -74,7 +74,7 @@ class WatchdogMetrics:
         for kind in ERROR_KINDS:
             self.cycle_errors.labels(kind)
 
-    def decided(self, decision: Decision) -> None:
+    def decided(self, decision: WatchdogDecision) -> None:
         self.decisions.labels(decision.action, decision.reason, self.dry_run_label).inc()
 
     def render(self) -> bytes:

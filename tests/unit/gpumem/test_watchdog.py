@@ -14,9 +14,9 @@ from gpumem.watchdog import (
     NONE_REASONS,
     REASONS,
     RECYCLE_REASONS,
-    Decision,
     PodFacts,
     Recycled,
+    WatchdogDecision,
     WatchdogLimits,
     decide,
     pod_facts,
@@ -90,7 +90,7 @@ def one(
     recycled: Mapping[str, Recycled] | None = None,
     now: float = NOW,
     policy: Policy = POLICY,
-) -> Decision:
+) -> WatchdogDecision:
     facts = pod_facts(pending or [], policy)
     facts = PodFacts(facts.pending, terminating)
     decisions = decide(

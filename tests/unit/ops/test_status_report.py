@@ -13,7 +13,7 @@ from gpumem.state import Reservation
 from ops.status_report import (
     NodeRow,
     PodRow,
-    Status,
+    StatusReport,
     render_status,
     status_from_debug,
     status_from_snapshot,
@@ -83,7 +83,7 @@ def test_status_from_a_garbled_snapshot_is_a_value_error(described: dict[str, An
         status_from_debug(described)
 
 
-STATUS = Status(
+STATUS = StatusReport(
     (
         NodeRow("node-a", 14000, 5000, 2000, 6000, 9000, 3.4),
         NodeRow("cpu-1", None, 0, None, None, None, None),
@@ -116,7 +116,7 @@ def test_status_table_colours_over_budget_rows_only() -> None:
 
 
 def test_status_without_pods_says_so() -> None:
-    assert render_status(Status((), (), "api"))[-1] == "no GPU pods"
+    assert render_status(StatusReport((), (), "api"))[-1] == "no GPU pods"
 
 
 def test_status_json_uses_the_extenders_names() -> None:
