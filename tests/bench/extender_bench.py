@@ -28,6 +28,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -315,7 +316,7 @@ def profile(size: int, requests: int, pods_per_node: int, tmp: Path) -> None:
             sent = True
             return {"type": "http.request", "body": body.encode(), "more_body": False}
 
-        async def send(message: dict[str, Any]) -> None:
+        async def send(message: MutableMapping[str, Any]) -> None:
             pass
 
         await app(scope, receive, send)

@@ -16,6 +16,7 @@ from extender.store import ClusterStore
 from extender.telemetry import TelemetryPoller
 from extender.watches import node_watch, pod_watch
 from gpumem.policy_file import PolicyFile
+from gpumem.state import Reservation
 from kube.binder import KubernetesBinder
 from tests.http.extender.conftest import FakeBinder, make_settings
 from tests.unit.extender.factories import (
@@ -140,6 +141,7 @@ def test_concurrent_binds_never_exceed_capacity(tmp_path: Path) -> None:
     assert sum(1 for e in errors if e == "") == bound
     assert all("> capacity 10000 MiB" in e for e in errors if e)
     node = store.snapshot().node("gpu-1")
+    assert node is not None
     assert node.declared_mib + node.reserved_mib(NOW) <= 10000
 
 
@@ -221,8 +223,14 @@ def test_lifespan_sweeps_expired_reservations(tmp_path: Path) -> None:
         "PodUID": meta["uid"],
         "Node": "gpu-1",
     }
+
+    def reservations() -> tuple[Reservation, ...]:
+        node = store.snapshot().node("gpu-1")
+        assert node is not None
+        return node.reservations
+
     with TestClient(create_app(settings, deps)) as client:
         assert client.post("/bind", json=bind).json() == {"Error": ""}
-        assert store.snapshot().node("gpu-1").reservations != ()
+        assert reservations() != ()
         now[0] += 1
-        wait_for(lambda: store.snapshot().node("gpu-1").reservations == ())
+        wait_for(lambda: reservations() == ())

@@ -168,7 +168,7 @@ namespaces = mostly(
     ),
     st.text(max_size=10),
 )
-pods = st.fixed_dictionaries(
+pods: st.SearchStrategy[dict[str, Any]] = st.fixed_dictionaries(
     {
         "apiVersion": st.just("v1"),
         "kind": st.just("Pod"),

@@ -26,7 +26,9 @@ def injected_gpumem(client: TestClient) -> str:
         op["value"] for op in decoded_patch(response) if op["path"].endswith("vramguard.io~1gpumem")
     }
     assert len(values) == 1
-    return values.pop()
+    value = values.pop()
+    assert isinstance(value, str)
+    return value
 
 
 def replace_file(path: Path, text: str) -> None:

@@ -49,6 +49,14 @@ class FakeSink:
     def nudge(self, request: NudgeRequest, now: float) -> None:
         self._call("nudge", request)
 
+    def events(self) -> list[tuple[str, EventRequest]]:
+        """The calls, every one a create or a refresh of an Event."""
+        calls: list[tuple[str, EventRequest]] = []
+        for action, request in self.calls:
+            assert isinstance(request, EventRequest), (action, request)
+            calls.append((action, request))
+        return calls
+
     def _call(self, action: str, request: EventRequest | NudgeRequest) -> None:
         self.calls.append((action, request))
         if self.fail_with:
@@ -138,6 +146,7 @@ def test_an_unschedulable_gpu_pod_gets_one_event_with_the_numbers(
     assert run_pass(explainer) == 1
     [(action, request)] = sink.calls
     assert action == "create"
+    assert isinstance(request, EventRequest)
     assert request.message == (
         f"vramguard: no node fits 1500 MiB of vramguard.io/gpumem: {DECLARED}"
     )
@@ -175,7 +184,7 @@ def test_a_changed_explanation_is_said_again_but_not_within_30s(
         DECLARED,
         "node-a: declared 13500 + 1500 > capacity 14000 MiB",
     ]
-    assert sink.calls[0][1].name != sink.calls[1][1].name
+    assert sink.events()[0][1].name != sink.events()[1][1].name
 
 
 def test_a_pod_that_fits_now_gets_no_event_but_one_nudge(store: ClusterStore, clock: Clock) -> None:
@@ -321,13 +330,13 @@ def test_refresh_bumps_the_count_and_recreates_an_expired_event(
     sink.fail_with = [EventMissing("gone")]
     clock.now = NOW + 1200
     run_pass(explainer)
-    assert [(a, r.count) for a, r in sink.calls] == [
+    assert [(a, r.count) for a, r in sink.events()] == [
         ("create", 1),
         ("refresh", 2),
         ("refresh", 3),
         ("create", 3),
     ]
-    assert len({r.name for _, r in sink.calls}) == 1
+    assert len({r.name for _, r in sink.events()}) == 1
     assert explanations(metrics, "refreshed") == 1
     assert explanations(metrics, "created") == 2
 

@@ -190,7 +190,7 @@ def test_snapshot_is_frozen_and_versioned() -> None:
     assert second.version > first.version
     assert first.node("gpu-1").declared_mib == 0
     with pytest.raises(TypeError):
-        second.nodes["x"] = second.nodes["gpu-1"]  # type: ignore[index]
+        second.nodes["x"] = second.nodes["gpu-1"]
 
 
 def test_snapshot_never_waits_for_a_writer() -> None:

@@ -79,7 +79,9 @@ def test_list_pages_into_the_store() -> None:
         type("Core", (), {"list_pod_for_all_namespaces": api})(), store, ExtenderMetrics()
     )
     assert watch.list_once() == "100"
-    assert store.snapshot().node("n1").declared_mib == 3000
+    node = store.snapshot().node("n1")
+    assert node is not None
+    assert node.declared_mib == 3000
     assert api.calls[1]["_continue"] == "next"
     assert api.calls[0]["limit"] == 500
 
@@ -101,7 +103,9 @@ def test_watch_applies_events_and_follows_versions() -> None:
     )
     watch = ResourceWatch("pods", api, store.replace_pods, store.apply_pod_event, ExtenderMetrics())
     assert watch.watch_once("100") == "170"
-    assert store.snapshot().node("n1").declared_mib == 500
+    node = store.snapshot().node("n1")
+    assert node is not None
+    assert node.declared_mib == 500
     call = api.calls[0]
     assert call["resource_version"] == "100"
     assert call["allow_watch_bookmarks"] is True
@@ -173,11 +177,13 @@ def test_run_relists_after_410_and_backs_off_after_errors() -> None:
     # after the backoff
     assert versions == ["100", "101", "200", "300"]
     assert store.synced is False  # nodes never listed
-    assert store.snapshot().node("n1").declared_mib == 4000  # the third list won
+    node = store.snapshot().node("n1")
+    assert node is not None
+    assert node.declared_mib == 4000  # the third list won
     restarts = {
         s.labels["reason"]: s.value
-        for s in metrics.registry.collect()
-        for s in s.samples
+        for m in metrics.registry.collect()
+        for s in m.samples
         if s.name == "vramguard_extender_watch_restarts_total"
     }
     assert restarts["expired"] == 1
@@ -208,4 +214,6 @@ def test_node_watch_feeds_nodes() -> None:
     api = FakeListWatch([page([make_node("n1", allocatable_mib=14000)], "7")], [])
     core = type("Core", (), {"list_node": api})()
     node_watch(core, store, ExtenderMetrics()).list_once()
-    assert store.snapshot().node("n1").capacity.mib == 14000
+    node = store.snapshot().node("n1")
+    assert node is not None
+    assert node.capacity.mib == 14000

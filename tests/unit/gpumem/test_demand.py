@@ -16,7 +16,9 @@ def container(name: str, requests: dict[str, Any] | None = None, **extra: Any) -
     return {"name": name, "image": "x", "resources": resources, **extra}
 
 
-def pod(containers: list[dict[str, Any]], init: list[dict[str, Any]] | None = None, **spec: Any):
+def pod(
+    containers: list[dict[str, Any]], init: list[dict[str, Any]] | None = None, **spec: Any
+) -> dict[str, Any]:
     body: dict[str, Any] = {"containers": containers, **spec}
     if init is not None:
         body["initContainers"] = init

@@ -18,6 +18,10 @@ def a10g(**kwargs: Any) -> dict[str, Any]:
 def test_fast_path_is_taken_where_it_applies() -> None:
     policy = make_policy()
     store = make_store(policy, [a10g(allocatable_mib=14000)], [], dcgm_reading({NODE: 9000}))
-    assert store.snapshot().node(NODE).quick == (14000, 9000, NOW - 8, -math.inf, math.inf, 0)
+    node = store.snapshot().node(NODE)
+    assert node is not None
+    assert node.quick == (14000, 9000, NOW - 8, -math.inf, math.inf, 0)
     store.reserve(Reservation("r", "x", "y", NODE, 100, NOW + 60))
-    assert store.snapshot().node(NODE).quick is None  # reservations: the full rule
+    node = store.snapshot().node(NODE)
+    assert node is not None
+    assert node.quick is None  # reservations: the full rule

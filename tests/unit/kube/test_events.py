@@ -85,9 +85,14 @@ def test_events_errors() -> None:
         events_client(forbidden).create(event_request(), EVENT_TIME)
     assert "incoming" not in info.value.problem  # one problem for every pod: logged once
     connection = urllib3.exceptions.NewConnectionError(
-        object(), "Failed to establish a new connection: [Errno 111] Connection refused"
+        urllib3.connection.HTTPConnection("localhost"),
+        "Failed to establish a new connection: [Errno 111] Connection refused",
     )
-    down = FakeEventAPI(urllib3.exceptions.MaxRetryError(None, "/api/v1/events", connection))
+    down = FakeEventAPI(
+        urllib3.exceptions.MaxRetryError(
+            urllib3.HTTPConnectionPool("localhost"), "/api/v1/events", connection
+        )
+    )
     with pytest.raises(EventWriteError) as unreachable:
         events_client(down).refresh(event_request(2), EVENT_TIME)
     assert unreachable.value.problem == (

@@ -89,9 +89,12 @@ def test_nodes_errors_read_like_sentences() -> None:
         'patching node gpu-1 status: 403 nodes "gpu-1" is forbidden: no patch on status'
     )
     connection = urllib3.exceptions.NewConnectionError(
-        object(), "Failed to establish a new connection: [Errno 111] Connection refused"
+        urllib3.connection.HTTPConnection("localhost"),
+        "Failed to establish a new connection: [Errno 111] Connection refused",
     )
-    core.failure = urllib3.exceptions.MaxRetryError(None, "/api/v1/nodes", connection)
+    core.failure = urllib3.exceptions.MaxRetryError(
+        urllib3.HTTPConnectionPool("localhost"), "/api/v1/nodes", connection
+    )
     with pytest.raises(NodeAPIError) as unreachable:
         KubernetesNodes(core).list_gpu_nodes()
     assert str(unreachable.value) == (

@@ -87,7 +87,9 @@ def command_line(c: Mapping[str, Any]) -> list[str]:
 def port_number(c: Mapping[str, Any], port: int | str) -> int:
     if isinstance(port, int):
         return port
-    return next(p["containerPort"] for p in c.get("ports", []) if p.get("name") == port)
+    number = next(p["containerPort"] for p in c.get("ports", []) if p.get("name") == port)
+    assert isinstance(number, int)
+    return number
 
 
 def mount_for(c: Mapping[str, Any], path: str) -> Mapping[str, Any]:

@@ -10,7 +10,8 @@ from typing import Any
 import jsonpatch
 import pytest
 
-from ops.advertiser import Advertiser, NodeAPIError
+from kube.errors import NodeAPIError
+from ops.advertiser import Advertiser
 from tests.unit.extender.factories import GPUMEM, make_node, make_policy
 from tests.unit.gpumem.test_advertise import gpu_node
 

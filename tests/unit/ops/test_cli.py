@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 
+from kube.errors import NodeAPIError
 from ops import advertise, build_parser, common, main
 from ops.advertise import HealthServer
-from ops.advertiser import Advertiser, NodeAPIError
+from ops.advertiser import Advertiser
 from tests.unit.extender.factories import GPUMEM, make_node, make_policy
 from tests.unit.gpumem.test_advertise import gpu_node
 from tests.unit.ops.test_advertiser import FakeNodes
@@ -136,7 +137,7 @@ def test_the_loop_runs_after_a_first_pass(
     def loop(self: Any, interval: float, stop: threading.Event, *, first_pass_done: bool) -> None:
         looped.append((interval, first_pass_done))
 
-    monkeypatch.setattr(advertise.Advertiser, "loop", loop)
+    monkeypatch.setattr(Advertiser, "loop", loop)
     monkeypatch.setattr(common, "stop_on_signals", lambda stop: None)
     assert main(["advertise", "--interval", "7"]) == 0
     assert looped == [(7.0, True)]

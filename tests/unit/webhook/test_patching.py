@@ -188,7 +188,8 @@ def _settable(doc: Any, path: JsonPath) -> bool:
     # An array index must exist (the draft edits items, it never grows an array).
     node = doc
     for key in path[:-1]:
-        node = node[key] if isinstance(node, dict | list) else None
+        container: Any = node  # a str key on a list fails here, as it should
+        node = container[key] if isinstance(node, dict | list) else None
         if node is None:
             return True
     return not isinstance(node, list) or (isinstance(path[-1], int) and path[-1] < len(node))
