@@ -38,7 +38,7 @@ from gpumem.state import (
 )
 
 # The logger these lines were always written under: the log lines stay as they were.
-log = logging.getLogger("extender.snapshot")
+log = logging.getLogger(__name__)
 
 # Demands remembered from /filter for pods the watch has not shown yet (see remember_demand).
 REMEMBERED_DEMANDS = 4096

@@ -14,7 +14,6 @@ over the cluster are ops.advertiser's.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
@@ -29,12 +28,6 @@ JsonPatch = tuple[dict[str, Any], ...]
 AdvertAction = Literal["set", "unchanged", "skipped", "would-set", "failed"]
 # Both maps are patched; see NodeAdvert.patch for why allocatable too.
 STATUS_FIELDS = ("capacity", "allocatable")
-# quantity_value reads a status value in gpumem.quantity's grammar, less what the advertiser
-# has never read as a quantity: a sign (a capacity is never negative) and a decimal exponent
-# of three digits or more.
-_NOT_READ = re.compile(r"^[+-]|[eE][+-]?\d{3}")
-# Two digits of exponent: no bound beyond the grammar's.
-_MAX_EXPONENT = 99
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,9 +93,9 @@ def plan_node(raw: Mapping[str, Any], resource: str, slack_mib: int) -> NodeAdve
         return NodeAdvert(
             name, "skipped", reason=f"unreadable {GFD_MEMORY_LABEL}={labels[GFD_MEMORY_LABEL]!r}"
         )
-    # No count label counts one GPU, as the fit rule does (GfdCards.total_mib). A count label
-    # that is not a positive integer skips the node, where the fit rule counts one GPU.
-    if GFD_COUNT_LABEL in labels and not cards.count:
+    # No count label counts one GPU (GfdCards.total_mib); a count of 0, or one that is not a
+    # number (read as 0), skips the node, and the fit rule sees no GFD capacity there either.
+    if cards.count == 0:
         return NodeAdvert(
             name, "skipped", reason=f"no GPU in {GFD_COUNT_LABEL}={labels[GFD_COUNT_LABEL]!r}"
         )
@@ -176,16 +169,15 @@ def status_patch(raw: Mapping[str, Any], resource: str, value: str) -> JsonPatch
 
 def quantity_value(text: object) -> Fraction | None:
     """The value of a Kubernetes quantity ("15k" = 15000, "2Ki" = 2048, "1.5e3" = 1500), or
-    None when `text` is absent or not a quantity."""
+    None when `text` is absent, not a quantity (gpumem.quantity's one grammar) or negative (a
+    capacity never is)."""
     if not isinstance(text, str):
         return None
-    stripped = text.strip()
-    if _NOT_READ.search(stripped):
-        return None
     try:
-        return parse_quantity(stripped, max_exponent=_MAX_EXPONENT)
+        value = parse_quantity(text)
     except QuantityError:
         return None
+    return value if value >= 0 else None
 
 
 def escape_pointer(token: str) -> str:

@@ -14,8 +14,7 @@ from typing import Any, Literal
 from gpumem.objects import mapping
 from gpumem.quantity import QuantityError, parse_mib
 
-# The logger these lines were always written under: the log lines stay as they were.
-log = logging.getLogger("extender.snapshot")
+log = logging.getLogger(__name__)
 
 GFD_MEMORY_LABEL = "nvidia.com/gpu.memory"
 GFD_COUNT_LABEL = "nvidia.com/gpu.count"
@@ -29,12 +28,14 @@ class GfdCards:
 
     # nvidia.com/gpu.memory: MiB per card, a non-negative integer.
     memory_mib: int
-    # nvidia.com/gpu.count, None where the label is absent or not a non-negative integer.
+    # nvidia.com/gpu.count; None where the label is absent (GFD's one card), 0 where it is no
+    # non-negative integer: vramguard does not guess how many cards a node has, so neither the
+    # fit rule nor the advertiser counts any GFD memory on such a node.
     count: int | None
 
     @property
     def total_mib(self) -> int:
-        """The memory of all cards; a node without a readable count has one card."""
+        """The memory of all cards; a node without a count label has one card."""
         return self.memory_mib * (self.count if self.count is not None else 1)
 
 
@@ -65,7 +66,10 @@ def gfd_cards(labels: Mapping[str, Any]) -> GfdCards | None:
     memory = _label_int(labels, GFD_MEMORY_LABEL)
     if memory is None:
         return None
-    return GfdCards(memory, _label_int(labels, GFD_COUNT_LABEL))
+    if GFD_COUNT_LABEL not in labels:
+        return GfdCards(memory, None)
+    count = _label_int(labels, GFD_COUNT_LABEL)
+    return GfdCards(memory, 0 if count is None else count)
 
 
 def node_facts(raw: Mapping[str, Any]) -> NodeFacts | None:

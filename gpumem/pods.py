@@ -17,7 +17,7 @@ from gpumem.objects import mapping, sequence
 from gpumem.state import PodKey
 
 # The logger these lines were always written under: the log lines stay as they were.
-log = logging.getLogger("extender.snapshot")
+log = logging.getLogger(__name__)
 
 # Phases of a pod that has ended: it holds no VRAM and is not scheduled again.
 TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})

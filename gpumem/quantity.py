@@ -46,16 +46,16 @@ class QuantityError(ValueError):
     """A value that is not a Kubernetes quantity."""
 
 
-def parse_quantity(text: str, *, max_exponent: int = _MAX_EXPONENT) -> Fraction:
+def parse_quantity(text: str) -> Fraction:
     """The value of a Kubernetes quantity, signed: "15k" = 15000, "2Ki" = 2048, "1.5e3" = 1500,
     "-1" = -1; surrounding whitespace is ignored.
 
     Raises QuantityError when `text` is not a quantity, or when its decimal exponent is beyond
-    +-max_exponent.
+    +-30.
     """
     stripped = text.strip()
     match = _match(stripped)
-    value = _magnitude(match, stripped, max_exponent)
+    value = _magnitude(match, stripped)
     return -value if match["sign"] == "-" else value
 
 
@@ -86,7 +86,7 @@ def _parse_text(text: str) -> int:
     match = _match(text)
     if match["sign"] == "-":
         raise QuantityError(f"quantity {text!r} is negative")
-    mib = _magnitude(match, text, _MAX_EXPONENT)
+    mib = _magnitude(match, text)
     if match["suffix"] in _BINARY:
         mib /= MIB
     return math.ceil(mib)
@@ -99,13 +99,13 @@ def _match(text: str) -> re.Match[str]:
     return match
 
 
-def _magnitude(match: re.Match[str], text: str, max_exponent: int) -> Fraction:
+def _magnitude(match: re.Match[str], text: str) -> Fraction:
     """The unsigned value of a matched quantity."""
     number = Fraction(match["number"])
     exponent = match["exponent"]
     if exponent is not None:
         power = int(exponent)
-        if abs(power) > max_exponent:
+        if abs(power) > _MAX_EXPONENT:
             raise QuantityError(f"quantity {text!r} is out of range")
         return number * Fraction(10) ** power
     suffix = match["suffix"] or ""

@@ -24,7 +24,7 @@ DeleteResult = Literal["deleted", "gone", "conflict", "error"]
 
 
 class PodRef(Protocol):
-    """The pod a write is about (extender.snapshot.PodView is one)."""
+    """The pod a write is about (gpumem.state.PodView is one)."""
 
     @property
     def uid(self) -> str: ...
