@@ -1,5 +1,7 @@
-"""GPU-memory domain shared by the webhook and the extender.
+"""The GPU-memory domain, shared by the webhook, the extender and the operator commands.
 
-Quantities ("5k", "3Gi" -> MiB), the GPU demand of a pod, and the policy file model. Pure code:
-no web framework, cluster or telemetry client is imported here (an import contract checks it).
+Quantities, the GPU demand of a pod, the policy, nodes and their capacity, the frozen state a
+request reads, the one fit rule, explanations, the watchdog's rule and the advertise plan (the
+README's Architecture lists each module). Pure code: no web framework, cluster or telemetry
+client and no service package is imported here (import contracts check it).
 """
