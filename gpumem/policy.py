@@ -127,6 +127,13 @@ class ExtenderSettings(_Model):
     stale_mode: Literal["budget-only", "deny"] = "budget-only"
     warmup_seconds: Annotated[float, Field(ge=0, le=86400)] = 120.0
     scoring: Literal["binpack", "spread"] = "binpack"
+    allocation_policy: Literal["distributed", "packed"] = Field(
+        default="distributed",
+        description="How the NVIDIA device plugin picks the card of a time-sliced replica "
+        "(--shared-devices-allocation-policy): distributed (its default) takes the card with "
+        "the fewest allocated replicas, packed the most. On nodes with several cards the fit "
+        "rule checks every card the plugin could give the pod under this policy.",
+    )
     reservation_ttl_seconds: Annotated[float, Field(gt=0, le=3600)] = Field(
         default=60.0,
         alias="reservationTTLSeconds",

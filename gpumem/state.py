@@ -39,10 +39,25 @@ class Sample:
     sampled_at: float
 
 
+@dataclass(frozen=True, slots=True)
+class CardSample:
+    """One card's telemetry: the series of one GPU (by UUID) on one node. Exporters that map
+    pods repeat a card's series once per pod on it with the same value: one card, one sample,
+    never a sum."""
+
+    uuid: str
+    # The exporter's GPU index label ("0", "1": dcgm-exporter's `gpu`), None when absent.
+    index: str | None = None
+    free: Sample | None = None
+    used: Sample | None = None
+    total: Sample | None = None
+
+
 @dataclass(frozen=True)
 class TelemetryReading:
     """One successful fetch. Node maps are keyed by Node name; pod_used is None when the source
-    has no per-pod usage, which changes what counts as "not yet using" (see build_node_state)."""
+    has no per-pod usage, which changes what counts as "not yet using" (see build_node_state).
+    Node-level samples are the sums over a node's cards (each card counted once)."""
 
     source: str
     fetched_at: float
@@ -53,6 +68,11 @@ class TelemetryReading:
     # False when the source reports only per-pod usage (pod-exporter): node usage is then the
     # sum of the node's pods.
     has_node_usage: bool = True
+    # Per card, where the series carry a GPU UUID: Node name -> UUID -> its sample.
+    cards: Mapping[str, Mapping[str, CardSample]] = field(default_factory=dict)
+    # Which card a pod holds, where a source says so (an exporter's pod labels beside a GPU
+    # UUID, the node agent's assignment series): (namespace, pod) -> GPU UUID.
+    pod_cards: Mapping[PodKey, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -78,6 +98,9 @@ class PodView:
     declared_mib: int
     used_mib: int | None
     warm_until: float
+    # The UUID of the card the pod holds, where known and one of its node's cards; None while
+    # the pod is unassigned (bound, but no source has said which card the device plugin gave).
+    card: str | None = None
 
     def warming(self, now: float) -> bool:
         return now < self.warm_until
@@ -93,6 +116,40 @@ class LiveView:
     def age(self, now: float) -> float:
         # A clock a little ahead on the Prometheus side must not read as negative age.
         return max(0.0, now - self.sampled_at)
+
+
+@dataclass(frozen=True, slots=True)
+class CardState:
+    """One card of a node with several: what the card rule (gpumem.cards) judges."""
+
+    # 0-based position on the node (cards ordered by index label, then UUID).
+    position: int
+    # The exporter's GPU index, else the position, as text: "gpu 1" in reasons.
+    index: str
+    uuid: str | None
+    # What the card holds in declared budgets (capacity), and its memory without slack.
+    capacity_mib: int | None
+    total_mib: int | None
+    live: LiveView | None
+    # The pods known to hold this card (PodView.card is this card's UUID).
+    pods: tuple[PodView, ...] = ()
+
+    @property
+    def declared_mib(self) -> int:
+        return sum(pod.declared_mib for pod in self.pods)
+
+    @property
+    def replicas(self) -> int:
+        """Time-sliced replicas allocated on the card, as far as vramguard knows: one per pod."""
+        return len(self.pods)
+
+    @property
+    def label(self) -> str:
+        """How reasons name the card: `gpu 1 (GPU-8f3c…)`."""
+        if self.uuid is None:
+            return f"gpu {self.index}"
+        short = self.uuid if len(self.uuid) <= 8 else self.uuid[:8] + "…"
+        return f"gpu {self.index} ({short})"
 
 
 class QuickFit(NamedTuple):
@@ -131,6 +188,15 @@ class NodeState:
     # The Node's labels (empty for a node the watch has not shown): the pod-side selectors
     # of gpumem.explain read them; the fit rule does not.
     labels: Mapping[str, str] = field(default_factory=lambda: NO_LABELS)
+    # The node's cards when it has more than one (gpumem.cards): then the fit rule is about
+    # the card the device plugin may give the pod. Empty on a one-card node, whose card is the
+    # node: the node-wide rule is exact there.
+    cards: tuple[CardState, ...] = ()
+
+    @property
+    def unassigned(self) -> tuple[PodView, ...]:
+        """The node's pods whose card is not known (all of them on a one-card node)."""
+        return tuple(pod for pod in self.pods if pod.card is None)
 
     def reserved_mib(self, now: float) -> int:
         if not self.reservations:
