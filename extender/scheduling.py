@@ -14,16 +14,9 @@ from dataclasses import dataclass, field
 
 from extender.models import MAX_EXTENDER_PRIORITY, MIN_EXTENDER_PRIORITY
 from gpumem.demand import PodDemand
-from gpumem.fit import (
-    NO_RELIEF,
-    Limits,
-    RefusalKind,
-    check_node,
-    evaluate,
-    quick_headroom,
-    victims_relief,
-)
+from gpumem.fit import Limits, RefusalKind, check_node, evaluate, quick_headroom
 from gpumem.policy import ExtenderSettings
+from gpumem.relief import NO_RELIEF, victims_relief
 from gpumem.state import Snapshot
 
 

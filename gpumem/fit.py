@@ -9,6 +9,10 @@ caller passes the time. Per node, in MiB, with C the node's capacity:
 - telemetry stale (older than maxAgeSeconds: is_stale) or missing: staleMode budget-only skips
   the live check, deny refuses.
 
+On a node with several cards the declared and live checks are made card by card, on every
+card the device plugin could give the pod (gpumem.cards); the node-wide declared check stays,
+because kube-scheduler counts the node's gpumem too.
+
 Every refusal says why, with the numbers. The fast path (quick_headroom) answers the same
 question from a node's precomputed figures where it can, and only ever says "fits" where the
 full rule would.
@@ -20,9 +24,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from gpumem.cards import candidate_cards
 from gpumem.nodestate import idle_budget
 from gpumem.policy import ExtenderSettings
-from gpumem.state import LiveView, NodeState, QuickFit
+from gpumem.relief import NO_CARD_RELIEF, NO_RELIEF, Relief
+from gpumem.state import CardState, LiveView, NodeState, PodView, QuickFit
 
 PREFIX = "vramguard: "
 
@@ -40,19 +46,6 @@ class Refusal:
     # memory would do (unknown node, no capacity, stale telemetry). Ranks nodes best-first
     # when a Pending pod is explained (gpumem.explain).
     short_mib: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Relief:
-    """What evicting a set of victims gives back on their node."""
-
-    declared_mib: int = 0
-    not_yet_using_mib: int = 0
-    live_freed_mib: int = 0
-    victims: int = 0
-
-
-NO_RELIEF = Relief()
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +70,7 @@ class Limits:
     max_age_seconds: float
     budget_only: bool
     source: str
+    allocation_policy: str = "distributed"
 
     @classmethod
     def of(cls, settings: ExtenderSettings) -> Limits:
@@ -85,6 +79,7 @@ class Limits:
             settings.max_age_seconds,
             settings.stale_mode == "budget-only",
             settings.telemetry.preset,
+            settings.allocation_policy,
         )
 
 
@@ -167,6 +162,16 @@ def evaluate(
         )
     if need > capacity:
         return _refusal("too-big", f"need {need} > capacity {capacity} MiB", False, need - capacity)
+    if node.cards:
+        largest = max(node.cards, key=lambda card: card.capacity_mib or 0)
+        card_capacity = largest.capacity_mib or 0
+        if need > card_capacity:
+            return _refusal(
+                "too-big",
+                f"need {need} > capacity {card_capacity} MiB of the largest card ({largest.label})",
+                False,
+                need - card_capacity,
+            )
 
     declared = node.declared_mib - relief.declared_mib
     reserved = node.reserved_mib(now) if node.reservations else 0
@@ -181,6 +186,8 @@ def evaluate(
             -declared_headroom,
         )
 
+    if node.cards:
+        return _evaluate_cards(need, node, limits, now, relief, declared_headroom, reserved)
     live = node.live
     if live is None or is_stale(live.sampled_at, limits.max_age_seconds, now):
         if limits.budget_only:
@@ -210,34 +217,131 @@ def evaluate(
     return None, min(declared_headroom, available - need - floor), False
 
 
-def victims_relief(node: NodeState, uids: Sequence[str], now: float) -> Relief:
-    """What evicting these pods gives back.
+# --- The rule on a node with several cards (gpumem.cards) ------------------------------------
 
-    Only pods the snapshot counts on the node count: a victim it does not know is either not a
-    GPU pod or not counted in the node's figures yet, so removing it changes nothing here.
-    Live VRAM freed is the victim's measured usage. Without per-pod usage, a victim past its
-    warm-up is assumed to hold its budget (the best estimate there is), capped by the node's
-    measured usage; a warming victim is assumed to hold nothing yet, which is the safe side.
-    """
-    by_uid = {pod.uid: pod for pod in node.pods}
-    declared = idle = freed = estimated = victims = 0
-    for uid in uids:
-        pod = by_uid.get(uid)
-        if pod is None:
-            continue
-        victims += 1
-        declared += pod.declared_mib
-        base, warming = idle_budget(pod, node.per_pod_usage)
-        warm = pod.warming(now)
-        idle += base + (warming if warm else 0)
-        if pod.used_mib is not None:
-            freed += pod.used_mib
-        elif not node.per_pod_usage and not warm:
-            estimated += pod.declared_mib
-    live = node.live
-    if live is not None and live.used_mib is not None:
-        estimated = min(estimated, max(0, live.used_mib - freed))
-    return Relief(declared, idle, freed + estimated, victims)
+
+def _evaluate_cards(  # noqa: PLR0917 (the node rule's own figures, passed on)
+    need: int,
+    node: NodeState,
+    limits: Limits,
+    now: float,
+    relief: Relief,
+    node_headroom: int,
+    reserved: int,
+) -> Evaluation:
+    """The declared and live checks on every candidate card; the tightest card decides.
+
+    Evicting victims changes the replica counts the device plugin goes by, so with relief
+    every card is a candidate (the safe side)."""
+    unassigned = node.unassigned
+    reservations = sum(1 for r in node.reservations if r.expires_at > now)
+    if relief is NO_RELIEF:
+        candidates = candidate_cards(
+            node.cards, len(unassigned) + reservations, limits.allocation_policy
+        )
+    else:
+        candidates = node.cards
+    none = relief.by_card.get(None, NO_CARD_RELIEF)
+    shared_declared = sum(pod.declared_mib for pod in unassigned) - none.declared_mib
+    shared_idle = (
+        _not_yet_in_use(unassigned, node.per_pod_usage, now) + reserved - none.not_yet_using_mib
+    )
+    context = _CardContext(need, node, limits, now, relief, shared_declared, shared_idle, reserved)
+    headroom = node_headroom
+    skipped = False
+    worst: Evaluation | None = None
+    for card in candidates:
+        outcome = _evaluate_card(card, context)
+        refusal, room, card_skipped = outcome
+        if refusal is None:
+            headroom = min(headroom, room)
+            skipped = skipped or card_skipped
+        elif worst is None or _shortfall(outcome) > _shortfall(worst):
+            worst = outcome
+    if worst is not None:
+        return worst
+    return None, headroom, skipped
+
+
+@dataclass(frozen=True, slots=True)
+class _CardContext:
+    """What every card of one node is judged against: the pod, the node-wide parts (the
+    unassigned pods' declared and not-yet-used MiB, the reservations) and the victims."""
+
+    need: int
+    node: NodeState
+    limits: Limits
+    now: float
+    relief: Relief
+    shared_declared: int
+    shared_idle: int
+    reserved: int
+
+
+def _evaluate_card(card: CardState, context: _CardContext) -> Evaluation:
+    need, limits, now, relief = context.need, context.limits, context.now, context.relief
+    shared_declared, shared_idle, reserved = (
+        context.shared_declared,
+        context.shared_idle,
+        context.reserved,
+    )
+    own = relief.by_card.get(card.uuid, NO_CARD_RELIEF) if card.uuid else NO_CARD_RELIEF
+    capacity = card.capacity_mib or 0
+    declared = card.declared_mib - own.declared_mib
+    declared_headroom = capacity - declared - shared_declared - reserved - need
+    if declared_headroom < 0:
+        unassigned_part = f" + unassigned {shared_declared}" if shared_declared else ""
+        reserved_part = f" + reserved {reserved}" if reserved else ""
+        return _refusal(
+            "declared",
+            f"{_after(relief)}{card.label}: declared {declared}{unassigned_part}{reserved_part}"
+            f" + {need} > capacity {capacity} MiB",
+            True,
+            -declared_headroom,
+        )
+    live = card.live
+    if live is None or is_stale(live.sampled_at, limits.max_age_seconds, now):
+        if limits.budget_only:
+            return None, declared_headroom, True
+        if live is None:
+            why = f"no live GPU memory telemetry for the card ({limits.source})"
+        else:
+            why = (
+                f"live GPU memory telemetry is {staleness_text(live, limits.max_age_seconds, now)}"
+                f" ({live.source})"
+            )
+        return _refusal("stale", f"{card.label}: {why}; staleMode deny", False)
+    idle = _not_yet_in_use(card.pods, context.node.per_pod_usage, now) - own.not_yet_using_mib
+    idle += shared_idle
+    free = live.free_mib + own.live_freed_mib
+    available = free - idle
+    floor = limits.floor_mib
+    if available < need + floor:
+        idle_part = f" - {idle} not yet in use = {available}" if idle else ""
+        return _refusal(
+            "live",
+            f"{_after(relief)}{card.label}: live free {free}{idle_part} MiB < need {need} + "
+            f"floor {floor} MiB ({live.source}, {live.age(now):.0f}s old)",
+            True,
+            need + floor - available,
+        )
+    return None, min(declared_headroom, available - need - floor), False
+
+
+def _not_yet_in_use(pods: Sequence[PodView], per_pod_usage: bool, now: float) -> int:
+    """The budgets of these pods that are not in use yet (gpumem.nodestate.idle_budget)."""
+    total = 0
+    for pod in pods:
+        base, warming = idle_budget(pod, per_pod_usage)
+        total += base + (warming if pod.warming(now) else 0)
+    return total
+
+
+def _shortfall(evaluation: Evaluation) -> int:
+    refusal = evaluation[0]
+    if refusal is None or refusal.short_mib is None:
+        return -1
+    return refusal.short_mib
 
 
 def _after(relief: Relief) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
+from gpumem.cards import build_cards
 from gpumem.nodes import Capacity, NodeFacts, node_capacity
 from gpumem.pods import PodRecord
 from gpumem.policy import ExtenderSettings, Policy
@@ -66,15 +67,25 @@ def build_node_state(
     live = live_view(name, capacity, reading, pods_used, settings)
     reserved = tuple(reservations)
     window = _idle_window(idle_base, idle_warming, built_at)
+    cards, pod_views = build_cards(
+        name, facts=facts, capacity=capacity, reading=reading, views=views, settings=settings
+    )
     quick = None
-    if facts is not None and capacity.mib is not None and live is not None and not reserved:
+    # The fast path is the node-wide rule: a node with several cards always takes the card rule.
+    if (
+        facts is not None
+        and capacity.mib is not None
+        and live is not None
+        and not reserved
+        and not cards
+    ):
         quick = QuickFit(capacity.mib - declared_mib, live.free_mib, live.sampled_at, *window)
     return NodeState(
         name=name,
         known=facts is not None,
         capacity=capacity,
         declared_mib=declared_mib,
-        pods=tuple(views),
+        pods=pod_views,
         reservations=reserved,
         live=live,
         per_pod_usage=per_pod_usage,
@@ -83,6 +94,7 @@ def build_node_state(
         idle_window=window,
         quick=quick,
         labels=facts.labels if facts is not None else NO_LABELS,
+        cards=cards,
     )
 
 

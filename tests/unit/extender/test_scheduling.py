@@ -184,12 +184,15 @@ CASES = {
         expect="failed",
         message="vramguard: declared 500 + 15000 > capacity 15360 MiB",
     ),
-    "capacity-from-gfd-times-count": Case(
+    # Two 16 GiB cards are 32 GiB on the node (GFD memory x count), but a time-sliced pod runs
+    # on one card: before cards were the unit this pod passed, and then ran out of memory.
+    "two-cards-a-pod-no-card-can-hold": Case(
         need=30000,
         node=a10g(gfd_memory_mib=16384, gfd_count=2),
         reading=dcgm_reading({NODE: 32000}),
         settings={"capacitySlackMiB": 0},
-        expect="pass",
+        expect="unresolvable",
+        message="vramguard: need 30000 > capacity 16384 MiB of the largest card (gpu 0)",
     ),
     "allocatable-wins-over-gfd": Case(
         need=15000,
