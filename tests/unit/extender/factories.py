@@ -9,7 +9,7 @@ from typing import Any
 from extender.store import ClusterStore
 from gpumem.demand import ResourceNames
 from gpumem.policy import Policy
-from gpumem.state import Sample, TelemetryReading
+from gpumem.state import CardSample, Sample, TelemetryReading
 
 NOW = 1_700_000_000.0
 GPUMEM = "vramguard.io/gpumem"
@@ -247,3 +247,42 @@ def make_store(
     if reading is not None:
         store.apply_telemetry(reading)
     return store
+
+
+def card_uuid(node: str, index: int) -> str:
+    """A stable GPU UUID in NVML's form for card `index` of `node`."""
+    return f"GPU-{uuid.uuid5(uuid.NAMESPACE_DNS, f'{node}/gpu{index}')}"
+
+
+def cards_reading(
+    free: dict[str, list[int]],
+    *,
+    age: float = 8.0,
+    used: dict[str, list[int]] | None = None,
+    pod_cards: dict[tuple[str, str], tuple[str, int]] | None = None,
+) -> TelemetryReading:
+    """A dcgm reading per card: free (and used) MiB per card index of each node, node sums
+    beside them as the parser makes them, and which card each pod holds ((namespace, pod) ->
+    (node, card index))."""
+    at = NOW - age
+    used = used or {}
+    cards = {
+        node: {
+            card_uuid(node, i): CardSample(
+                card_uuid(node, i),
+                str(i),
+                free=Sample(mib, at),
+                used=Sample(used[node][i], at) if node in used else None,
+            )
+            for i, mib in enumerate(mibs)
+        }
+        for node, mibs in free.items()
+    }
+    return TelemetryReading(
+        source="dcgm",
+        fetched_at=NOW,
+        free={node: Sample(sum(mibs), at) for node, mibs in free.items()},
+        used={node: Sample(sum(mibs), at) for node, mibs in used.items()},
+        cards=cards,
+        pod_cards={key: card_uuid(*card) for key, card in (pod_cards or {}).items()},
+    )
