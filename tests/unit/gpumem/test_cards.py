@@ -3,6 +3,7 @@ card the device plugin could give it has room."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -28,7 +29,7 @@ TWO_T4 = {"gfd_memory_mib": 16384, "gfd_count": 2}  # capacity per card: 16384 -
 
 
 def node_state(
-    pods: list[tuple[str, int, int | None]],
+    pods: Sequence[tuple[str, int, int | None]],
     free: list[int],
     *,
     node: dict[str, Any] | None = None,
