@@ -4,6 +4,10 @@ The extender writes it (extender.app, through describe_snapshot) and `vramguard 
 --extender-url` reads it back (DebugSnapshot.model_validate), so both sides agree on one shape.
 The keys are camelCase with MiB and Seconds spelt out (`capacityMiB`, `telemetryAgeSeconds`),
 as `vramguard status -o json` spells the figures it shares with it.
+
+A node with several cards (gpumem.state.NodeState.cards) also lists its cards, and each of its
+pods says which card it holds (`card`, a GPU UUID, null while unassigned). A one-card node has
+neither key, so its JSON is what it was before cards existed.
 """
 
 from __future__ import annotations
@@ -11,9 +15,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
-from gpumem.state import NodeState, Snapshot
+from gpumem.state import CardState, NodeState, Snapshot
 
 
 class _Debug(BaseModel):
@@ -44,6 +48,9 @@ class DebugPod(_Debug):
     warming_up: bool = Field(alias="warmingUp")
     # Unix time the warm-up window ends; None when the pod has not started.
     warm_until: float | None = Field(alias="warmUntil")
+    # The UUID of the card the pod holds, None while unassigned; only serialized on a node
+    # with several cards (DebugNode drops it elsewhere).
+    card: str | None = None
 
 
 class DebugReservation(_Debug):
@@ -52,6 +59,24 @@ class DebugReservation(_Debug):
     uid: str
     mib: int
     expires_in_seconds: float = Field(alias="expiresInSeconds")
+
+
+class DebugCard(_Debug):
+    """One card of a node with several (gpumem.state.CardState)."""
+
+    # The exporter's GPU index, else the card's position on the node ("1": "gpu 1").
+    index: str
+    # None for a card known only from GPU Feature Discovery's count.
+    uuid: str | None
+    capacity_mib: int | None = Field(alias="capacityMiB")
+    total_mib: int | None = Field(alias="totalMiB")
+    declared_mib: int = Field(alias="declaredMiB")
+    replicas: int
+    live_free_mib: int | None = Field(alias="liveFreeMiB")
+    live_used_mib: int | None = Field(alias="liveUsedMiB")
+    telemetry_age_seconds: float | None = Field(alias="telemetryAgeSeconds")
+    # namespace/name of the pods known to hold the card.
+    pods: list[str]
 
 
 class DebugNode(_Debug):
@@ -66,6 +91,18 @@ class DebugNode(_Debug):
     telemetry_age_seconds: float | None = Field(alias="telemetryAgeSeconds")
     pods: list[DebugPod]
     reservations: list[DebugReservation]
+    # Empty on a one-card node, and absent from its JSON.
+    cards: list[DebugCard] = Field(default_factory=list)
+
+    @model_serializer(mode="wrap")
+    def _one_card_as_before(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Readers of the one-card JSON (scripts, dashboards) see the keys they always saw.
+        data: dict[str, Any] = handler(self)
+        if not self.cards:
+            del data["cards"]
+            for pod in data["pods"]:
+                del pod["card"]
+        return data
 
 
 class DebugSnapshot(_Debug):
@@ -121,6 +158,7 @@ def debug_node(node: NodeState, now: float) -> DebugNode:
                 used_mib=pod.used_mib,
                 warming_up=pod.warming(now),
                 warm_until=None if math.isinf(pod.warm_until) else pod.warm_until,
+                card=pod.card,
             )
             for pod in node.pods
         ],
@@ -135,4 +173,21 @@ def debug_node(node: NodeState, now: float) -> DebugNode:
             for r in node.reservations
             if r.expires_at > now
         ],
+        cards=[debug_card(card, now) for card in node.cards],
+    )
+
+
+def debug_card(card: CardState, now: float) -> DebugCard:
+    live = card.live
+    return DebugCard(
+        index=card.index,
+        uuid=card.uuid,
+        capacity_mib=card.capacity_mib,
+        total_mib=card.total_mib,
+        declared_mib=card.declared_mib,
+        replicas=card.replicas,
+        live_free_mib=None if live is None else live.free_mib,
+        live_used_mib=None if live is None else live.used_mib,
+        telemetry_age_seconds=None if live is None else round(live.age(now), 1),
+        pods=[f"{pod.namespace}/{pod.name}" for pod in card.pods],
     )

@@ -1,11 +1,20 @@
-"""Prometheus metrics of the extender, in a registry of its own per app (tests build many)."""
+"""Prometheus metrics of the extender, in a registry of its own per app (tests build many).
+
+Per card of a node with several (gpumem.state.NodeState.cards), labelled node, gpu (its
+index) and uuid ("" for a card known only from GPU Feature Discovery):
+`vramguard_extender_card_free_mib` (live free, for cards with live telemetry) and
+`vramguard_extender_card_declared_mib` (the declared budgets of the pods assigned to it). A
+one-card node has no card series: its card is the node.
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from extender.store import ClusterStore
 
@@ -109,6 +118,10 @@ class ExtenderMetrics:
             ["result"],
             registry=r,
         )
+        # One collector for the life of the registry: both apps (extender.app) observe the
+        # same store, and registering its series twice would be refused.
+        self.cards = CardGauges()
+        r.register(self.cards)
 
     def observe_store(self, store: ClusterStore, clock: Callable[[], float] = time.time) -> None:
         """Gauges read from the store when scraped."""
@@ -132,6 +145,54 @@ class ExtenderMetrics:
         self.telemetry_age.set_function(telemetry_age)
         self.telemetry_stale_nodes.set_function(stale_nodes)
         self.reservations.set_function(store.active_reservations)
+        self.cards.observe(store)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+CARD_LABELS = ("node", "gpu", "uuid")
+
+
+class CardGauges(Collector):
+    """The per-card gauges, read from the store's snapshot when scraped: a labelled Gauge
+    would keep the series of a card or node that has gone, a collector has only what is."""
+
+    def __init__(self) -> None:
+        self._store: ClusterStore | None = None
+
+    def observe(self, store: ClusterStore) -> None:
+        self._store = store
+
+    def describe(self) -> Iterator[Metric]:
+        # Names only, so the registry refuses a second collector of the same series.
+        yield from self._families()
+
+    def collect(self) -> Iterator[Metric]:
+        free, declared = self._families()
+        if self._store is not None:
+            for name, node in sorted(self._store.snapshot().nodes.items()):
+                for card in node.cards:
+                    labels = [name, card.index, card.uuid or ""]
+                    declared.add_metric(labels, card.declared_mib)
+                    if card.live is not None:
+                        free.add_metric(labels, card.live.free_mib)
+        yield free
+        yield declared
+
+    @staticmethod
+    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+        return (
+            GaugeMetricFamily(
+                PREFIX + "card_free_mib",
+                "Live free VRAM of each card of a node with several, MiB (cards with live "
+                "telemetry only).",
+                labels=CARD_LABELS,
+            ),
+            GaugeMetricFamily(
+                PREFIX + "card_declared_mib",
+                "Declared GPU memory of the pods assigned to each card of a node with "
+                "several, MiB (unassigned pods count on no card here).",
+                labels=CARD_LABELS,
+            ),
+        )
