@@ -5,9 +5,14 @@
 
 Per node: capacity, declared, reserved, live used, free, telemetry age; per GPU pod: namespace,
 pod, class (its priorityClassName), declared, live used (where telemetry reports usage per pod)
-and whether it uses more than it declared. With --extender-url the figures are the extender's
-own (its /debug/snapshot, the only place reservations are known); otherwise they come from one
-list of the API and one read of Prometheus (--prometheus-url; without it, live columns are -).
+and whether it uses more than it declared. A node with several GPUs also has a row per card
+(`node-a/gpu 1`: its capacity, the budgets of the pods known to hold it, live used and free)
+and one for its unassigned pods (`node-a/unassigned`: no source has said which card they got,
+so the fit rule counts them on every card); its pods then say their card (CARD `gpu 1` or
+`unassigned`). One-card nodes print as they always did. With --extender-url the figures are
+the extender's own (its /debug/snapshot, the only place reservations are known); otherwise they
+come from one list of the API and one read of Prometheus (--prometheus-url; without it, live
+columns are -).
 
 Exit status: 0 when everything was read; 1 when the cluster or the extender could not be read;
 2 when the policy or the kubeconfig is unreadable, or when Prometheus could not be read (the
@@ -32,8 +37,8 @@ def register(subcommands: Any) -> None:
         NAME,
         help="GPU memory per node and per GPU pod: declared, reserved, live used, free",
         description="Show, per GPU node, capacity, declared, reserved (with --extender-url), "
-        "live used, free and telemetry age, and per GPU pod its class, declared and live "
-        "used, marking pods over budget.",
+        "live used, free and telemetry age (and the same per card on nodes with several GPUs), "
+        "and per GPU pod its class, card, declared and live used, marking pods over budget.",
     )
     add = parser.add_argument
     add("--prometheus-url", metavar="URL", help="Prometheus base URL (live figures)")

@@ -22,7 +22,10 @@ from ops.status_report import (
 from ops.table import RED
 from tests.unit.extender.factories import (
     NOW,
+    card_uuid,
+    cards_reading,
     dcgm_reading,
+    make_node,
     make_pod,
     make_store,
     pod_exporter_reading,
@@ -132,3 +135,95 @@ def test_status_json_uses_the_extenders_names() -> None:
     }
     assert document["pods"][1]["overBudget"] is True
     assert document["pods"][0]["class"] == "gpu-high"
+
+
+# --- nodes with several cards -------------------------------------------------------------------
+
+NODE_2X = make_node("gpu-2x", gfd_memory_mib=16384, gfd_count=2)
+CARD_PODS = [
+    make_pod("a", 3000, node="gpu-2x"),
+    make_pod("b", 2000, node="gpu-2x"),
+    make_pod("c", 4000, node="gpu-2x"),  # unassigned
+    make_pod("train", 4000, node="node-a"),
+]
+CARD_READING = cards_reading(
+    {"gpu-2x": [6000, 9000], "node-a": [9000]},
+    used={"gpu-2x": [10000, 7000], "node-a": [5000]},
+    pod_cards={("team-a", "a"): ("gpu-2x", 0), ("team-a", "b"): ("gpu-2x", 1)},
+)
+
+
+def card_status(source: str) -> StatusReport:
+    store = make_store(POLICY, [NODE_2X, A], CARD_PODS, CARD_READING)
+    if source == "api":
+        return status_from_snapshot(store.snapshot(), NOW)
+    return status_from_debug(json.loads(json.dumps(describe_snapshot(store.snapshot(), NOW))))
+
+
+@pytest.mark.parametrize("source", ["api", "extender"])
+def test_a_two_card_node_has_a_row_per_card_and_its_pods_their_card(source: str) -> None:
+    status = card_status(source)
+    two, one = status.nodes
+    assert [
+        (c.index, c.uuid, c.capacity_mib, c.declared_mib, c.live_free_mib) for c in two.cards
+    ] == [
+        ("0", card_uuid("gpu-2x", 0), 15360, 3000, 6000),
+        ("1", card_uuid("gpu-2x", 1), 15360, 2000, 9000),
+    ]
+    assert (two.declared_mib, two.unassigned_mib) == (9000, 4000)
+    assert (one.cards, one.unassigned_mib) == ((), 0)
+    assert [(p.pod, p.card_text) for p in status.pods] == [
+        ("a", "gpu 0"),
+        ("b", "gpu 1"),
+        ("c", "unassigned"),
+        ("train", "-"),
+    ]
+    assert status.pods[0].card == card_uuid("gpu-2x", 0)
+
+
+def test_status_table_puts_the_cards_under_their_node() -> None:
+    assert render_status(card_status("extender")) == [
+        "NODE               CAPACITY  DECLARED  RESERVED  LIVE USED  FREE      AGE",
+        "gpu-2x             31.0 GiB  9000 MiB  0 MiB     16.6 GiB   14.6 GiB  8s",
+        "gpu-2x/gpu 0       15.0 GiB  3000 MiB  -         10000 MiB  6000 MiB  8s",
+        "gpu-2x/gpu 1       15.0 GiB  2000 MiB  -         7000 MiB   9000 MiB  8s",
+        "gpu-2x/unassigned  -         4000 MiB  -         -          -         -",
+        "node-a             13.7 GiB  4000 MiB  0 MiB     5000 MiB   9000 MiB  8s",
+        "",
+        "NAMESPACE  POD    NODE    CARD        CLASS  DECLARED  LIVE USED  OVER BUDGET",
+        "team-a     a      gpu-2x  gpu 0       -      3000 MiB  -          -",
+        "team-a     b      gpu-2x  gpu 1       -      2000 MiB  -          -",
+        "team-a     c      gpu-2x  unassigned  -      4000 MiB  -          -",
+        "team-a     train  node-a  -           -      4000 MiB  -          -",
+    ]
+
+
+def test_status_table_without_unassigned_pods_has_no_unassigned_row() -> None:
+    store = make_store(POLICY, [NODE_2X], CARD_PODS[:2], CARD_READING)
+    lines = render_status(status_from_snapshot(store.snapshot(), NOW))
+    assert [line.split()[0] for line in lines[:4]] == ["NODE", "gpu-2x", "gpu-2x/gpu", "gpu-2x/gpu"]
+    assert lines[4] == ""
+
+
+def test_status_json_of_a_two_card_node() -> None:
+    document = status_json(card_status("extender"))
+    two, one = document["nodes"]
+    assert two["unassignedMiB"] == 4000
+    assert two["cards"][1] == {
+        "index": "1",
+        "uuid": card_uuid("gpu-2x", 1),
+        "capacityMiB": 15360,
+        "totalMiB": 16000,
+        "declaredMiB": 2000,
+        "replicas": 1,
+        "liveUsedMiB": 7000,
+        "liveFreeMiB": 9000,
+        "telemetryAgeSeconds": 8.0,
+    }
+    assert "cards" not in one
+    assert "unassignedMiB" not in one
+    pods = {p["name"]: p for p in document["pods"]}
+    assert (pods["a"]["card"], pods["a"]["gpu"]) == (card_uuid("gpu-2x", 0), "0")
+    assert (pods["c"]["card"], pods["c"]["gpu"]) == (None, None)
+    assert "card" not in pods["train"]
+    assert "gpu" not in pods["train"]
