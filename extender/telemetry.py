@@ -1,5 +1,5 @@
-"""Live GPU memory from Prometheus: presets to queries, pure parsing of query results into
-per-node and per-pod samples, and a thin polling thread that feeds the store.
+"""Live GPU memory from Prometheus: presets to queries, read into per-node, per-card and per-pod
+samples (parsing in extender.telemetry_parse), and a thin polling thread that feeds the store.
 
 Sample age: an instant query answers [evaluation time, value], not the time the value was
 scraped, so each query is paired with `timestamp(<query>)`, whose value is the scrape time of
@@ -10,39 +10,63 @@ queries that aggregate report age 0 until Prometheus drops the series after its 
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Literal, Protocol, TypeVar
+from typing import Protocol
 
 from prometheus_api_client import PrometheusConnect
 from urllib3.util.retry import Retry
 
 from extender.metrics import ExtenderMetrics
 from extender.store import ClusterStore
+from extender.telemetry_parse import (
+    CardKey,
+    DeviceFigures,
+    LabelSet,
+    Parsed,
+    Series,
+    TelemetryError,
+    Unit,
+    card_claims,
+    device_figures,
+    node_samples,
+    parse_vector,
+    pod_cards,
+    pod_samples,
+    sample_times,
+)
 from gpumem.policy import Policy, Telemetry
-from gpumem.state import PodKey, Sample, TelemetryReading
+from gpumem.state import CardSample, PodKey, TelemetryReading
 from kube.threads import Threads
 
+# The parsing names callers and tests have always imported from here.
+__all__ = [
+    "PRESETS",
+    "PrometheusQuery",
+    "Query",
+    "QueryPlan",
+    "TelemetryError",
+    "TelemetryPoller",
+    "node_samples",
+    "parse_vector",
+    "plan_queries",
+    "pod_samples",
+    "read_telemetry",
+    "sample_times",
+]
+
 log = logging.getLogger(__name__)
-
-MIB = 1 << 20
-Unit = Literal["MiB", "bytes"]
-LabelSet = frozenset[tuple[str, str]]
-# Prometheus renames a target label that clashes with a scraped one to exported_<name>; for
-# pod-level exporters the exported_* labels are the ones naming the workload pod.
-POD_LABELS = (("exported_namespace", "exported_pod"), ("namespace", "pod"))
-
-
-class TelemetryError(Exception):
-    """A fetch that failed or answered something that is not an instant vector."""
 
 
 @dataclass(frozen=True)
 class Query:
     expr: str
     unit: Unit = "MiB"
+    # Whether pod labels on its series name the pod holding the card (dcgm-exporter's pod
+    # mapping). False where the only pod labels are the scrape target's own (the node agent's
+    # pod on its per-GPU series), which would otherwise claim every card of its node.
+    names_pods: bool = True
 
 
 @dataclass(frozen=True)
@@ -52,179 +76,50 @@ class QueryPlan:
     used: Query | None = None
     total: Query | None = None
     pod_used: Query | None = None
+    # Series naming a pod and the GPU UUID it holds; the value is ignored.
+    assignment: Query | None = None
 
 
 PRESETS: Mapping[str, QueryPlan] = {
-    # dcgm-exporter: framebuffer free/used per GPU, in MiB, labelled with the node's hostname.
+    # dcgm-exporter: framebuffer free/used per GPU (labels gpu, UUID), in MiB, labelled with the
+    # node's Hostname (hostname in newer builds); with Kubernetes mapping on, also pod,
+    # namespace and container of a pod on the GPU.
     "dcgm": QueryPlan("dcgm", free=Query("DCGM_FI_DEV_FB_FREE"), used=Query("DCGM_FI_DEV_FB_USED")),
     # A per-process exporter: bytes used, labelled namespace and pod.
     "pod-exporter": QueryPlan("pod-exporter", pod_used=Query("gpu_pod_memory_used_bytes", "bytes")),
+    # `vramguard node-agent`: NVML per GPU (labels node, gpu, uuid) and per pod (namespace, pod,
+    # container, gpu, uuid), and the kubelet's PodResources as one series per pod and card.
+    "node-agent": QueryPlan(
+        "node-agent",
+        free=Query("vramguard_gpu_memory_free_bytes", "bytes", names_pods=False),
+        used=Query("vramguard_gpu_memory_used_bytes", "bytes", names_pods=False),
+        total=Query("vramguard_gpu_memory_total_bytes", "bytes", names_pods=False),
+        pod_used=Query("gpu_pod_memory_used_bytes", "bytes"),
+        assignment=Query("vramguard_pod_gpu_assignment"),
+    ),
     "custom": QueryPlan("custom"),
 }
 
 
 def plan_queries(telemetry: Telemetry) -> QueryPlan:
-    """The preset's queries, each replaced by the policy's own query where one is given."""
+    """The preset's queries, each replaced by the policy's own query (in MiB) where one is
+    given; a replaced query keeps what its preset knows about the exporter's pod labels."""
     plan = PRESETS[telemetry.preset]
     q = telemetry.queries
+
+    def override(expr: str | None, preset: Query | None) -> Query | None:
+        if not expr:
+            return preset
+        return Query(expr, names_pods=preset.names_pods if preset else True)
+
     return replace(
         plan,
-        free=Query(q.free_mib) if q.free_mib else plan.free,
-        used=Query(q.used_mib) if q.used_mib else plan.used,
-        total=Query(q.total_mib) if q.total_mib else plan.total,
-        pod_used=Query(q.pod_used_mib) if q.pod_used_mib else plan.pod_used,
+        free=override(q.free_mib, plan.free),
+        used=override(q.used_mib, plan.used),
+        total=override(q.total_mib, plan.total),
+        pod_used=override(q.pod_used_mib, plan.pod_used),
+        assignment=override(q.pod_card, plan.assignment),
     )
-
-
-# --- Pure parsing ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Series:
-    labels: Mapping[str, str]
-    value: float
-    timestamp: float
-
-    @property
-    def label_set(self) -> LabelSet:
-        # timestamp() drops the metric name; match its series on the other labels.
-        return frozenset((k, v) for k, v in self.labels.items() if k != "__name__")
-
-
-@dataclass(frozen=True)
-class Parsed:
-    series: list[Series]
-    problems: list[str]
-
-
-def parse_vector(answer: object) -> Parsed:
-    """Parse an instant-query answer: the result list (what custom_query returns) or the whole
-    API response. Raises TelemetryError when it is not a vector at all; a series with a bad
-    value is skipped and described in problems."""
-    result = _result_list(answer)
-    series = []
-    problems = []
-    for item in result:
-        if not isinstance(item, Mapping):
-            problems.append(f"not a series: {item!r:.80}")
-            continue
-        labels = item.get("metric")
-        point = item.get("value")
-        if (
-            not isinstance(labels, Mapping)
-            or not isinstance(point, Sequence)
-            or isinstance(point, str)
-            or len(point) != 2
-        ):
-            problems.append(f"not a series: {item!r:.80}")
-            continue
-        try:
-            timestamp = float(point[0])
-            value = float(point[1])
-        except (TypeError, ValueError):
-            problems.append(f"unreadable sample {point!r:.80}")
-            continue
-        if not math.isfinite(timestamp) or not math.isfinite(value) or value < 0:
-            problems.append(f"unusable value {point[1]!r} in {dict(labels)!r:.80}")
-            continue
-        series.append(Series({str(k): str(v) for k, v in labels.items()}, value, timestamp))
-    return Parsed(series, problems)
-
-
-def _result_list(answer: object) -> Sequence[object]:
-    if isinstance(answer, Mapping):
-        if answer.get("status") not in (None, "success"):
-            raise TelemetryError(f"query failed: {answer.get('error', answer.get('status'))}")
-        data = answer.get("data", answer)
-        if not isinstance(data, Mapping) or data.get("resultType") not in (None, "vector"):
-            raise TelemetryError("query did not return an instant vector")
-        answer = data.get("result")
-    if not isinstance(answer, list):
-        raise TelemetryError(f"query did not return a list of series: {answer!r:.80}")
-    return answer
-
-
-def sample_times(parsed: Parsed) -> dict[LabelSet, float]:
-    """Scrape time per series, from the answer of a timestamp(<query>) query."""
-    return {s.label_set: s.value for s in parsed.series}
-
-
-def to_mib(value: float, unit: Unit, round_up: bool) -> int:
-    mib = value / MIB if unit == "bytes" else value
-    return math.ceil(mib) if round_up else math.floor(mib)
-
-
-def node_of(labels: Mapping[str, str], node_labels: Sequence[str]) -> str | None:
-    """The Node name of a series: the first of node_labels it carries."""
-    for label in node_labels:
-        value = labels.get(label)
-        if value:
-            # instance is host:port; a bare host is what can match a Node name.
-            return value.rsplit(":", 1)[0] if label == "instance" and ":" in value else value
-    return None
-
-
-def node_samples(
-    parsed: Parsed,
-    node_labels: Sequence[str],
-    unit: Unit,
-    times: Mapping[LabelSet, float],
-    round_up: bool,
-) -> tuple[dict[str, Sample], list[str]]:
-    """Sum a per-GPU (or per-node) series per node; a node's sample is as old as its oldest
-    GPU's."""
-    return _sum_by(
-        parsed,
-        lambda labels: node_of(labels, node_labels),
-        f"no node label ({', '.join(node_labels)})",
-        unit,
-        times,
-        round_up=round_up,
-    )
-
-
-def pod_samples(
-    parsed: Parsed, unit: Unit, times: Mapping[LabelSet, float]
-) -> tuple[dict[PodKey, Sample], list[str]]:
-    """Sum per-process series per pod."""
-    return _sum_by(parsed, _pod_of, "no namespace/pod labels", unit, times, round_up=True)
-
-
-K = TypeVar("K", str, tuple[str, str])
-
-
-def _sum_by(
-    parsed: Parsed,
-    key_of: Callable[[Mapping[str, str]], K | None],
-    missing_key: str,
-    unit: Unit,
-    times: Mapping[LabelSet, float],
-    *,
-    round_up: bool,
-) -> tuple[dict[K, Sample], list[str]]:
-    """Sum the series that share a key; a sum is as old as its oldest series."""
-    sums: dict[K, float] = {}
-    oldest: dict[K, float] = {}
-    problems = []
-    for s in parsed.series:
-        key = key_of(s.labels)
-        if key is None:
-            problems.append(f"{missing_key} in {dict(s.labels)!r:.80}")
-            continue
-        sums[key] = sums.get(key, 0.0) + s.value
-        sampled_at = min(s.timestamp, times.get(s.label_set, s.timestamp))
-        oldest[key] = min(oldest.get(key, sampled_at), sampled_at)
-    return {
-        key: Sample(to_mib(total, unit, round_up), oldest[key]) for key, total in sums.items()
-    }, problems
-
-
-def _pod_of(labels: Mapping[str, str]) -> PodKey | None:
-    for namespace_label, pod_label in POD_LABELS:
-        namespace, pod = labels.get(namespace_label), labels.get(pod_label)
-        if namespace and pod:
-            return (namespace, pod)
-    return None
 
 
 # --- Fetching -------------------------------------------------------------------------------------
@@ -240,41 +135,78 @@ def read_telemetry(
     """Run the plan's queries (blocking) and parse them into one reading, with the problems
     seen in series that were skipped. Raises TelemetryError when any query fails."""
     problems: list[str] = []
+    # Series whose pod labels may name the pod holding their card (see Query.names_pods).
+    labelled: list[Series] = []
 
-    def fetch(q: Query) -> tuple[Parsed, dict[LabelSet, float]]:
+    def run(expr: str) -> Parsed:
         try:
-            values = parse_vector(query(q.expr))
-            times = sample_times(parse_vector(query(f"timestamp({q.expr})")))
+            return parse_vector(query(expr))
         except TelemetryError:
             raise
         except Exception as err:  # the client raises whatever its HTTP stack raises
-            raise TelemetryError(f"{q.expr}: {type(err).__name__}: {err}") from err
+            raise TelemetryError(f"{expr}: {type(err).__name__}: {err}") from err
+
+    def fetch(q: Query) -> tuple[Parsed, dict[LabelSet, float]]:
+        values = run(q.expr)
+        times = sample_times(run(f"timestamp({q.expr})"))
         problems.extend(values.problems)
+        if q.names_pods:
+            labelled.extend(values.series)
         return values, times
 
-    def per_node(q: Query | None, round_up: bool) -> dict[str, Sample]:
+    def per_device(q: Query | None, round_up: bool) -> DeviceFigures:
         if q is None:
-            return {}
+            return DeviceFigures({}, {}, [])
         values, times = fetch(q)
-        samples, skipped = node_samples(values, node_labels, q.unit, times, round_up)
-        problems.extend(skipped)
-        return samples
+        figures = device_figures(values, node_labels, q.unit, times, round_up)
+        problems.extend(figures.problems)
+        return figures
 
     pod_used = None
     if plan.pod_used is not None:
         values, times = fetch(plan.pod_used)
         pod_used, skipped = pod_samples(values, plan.pod_used.unit, times)
         problems.extend(skipped)
+    free = per_device(plan.free, round_up=False)
+    used = per_device(plan.used, round_up=True)
+    total = per_device(plan.total, round_up=False)
+    assigned: dict[PodKey, set[str]] = {}
+    if plan.assignment is not None:
+        # Only which pod holds which card matters here, not the value or its age.
+        answer = run(plan.assignment.expr)
+        problems.extend(answer.problems)
+        assigned = card_claims(answer.series)
+    held, ambiguous = pod_cards(
+        card_claims(labelled), assigned, plan.assignment.expr if plan.assignment else ""
+    )
+    problems.extend(ambiguous)
     reading = TelemetryReading(
         source=plan.source,
         fetched_at=now,
-        free=per_node(plan.free, round_up=False),
-        used=per_node(plan.used, round_up=True),
-        total=per_node(plan.total, round_up=False),
+        free=free.nodes,
+        used=used.nodes,
+        total=total.nodes,
         pod_used=pod_used,
         has_node_usage=plan.free is not None or plan.used is not None,
+        cards=_cards(free, used, total),
+        pod_cards=held,
     )
     return reading, problems
+
+
+def _cards(
+    free: DeviceFigures, used: DeviceFigures, total: DeviceFigures
+) -> dict[str, dict[str, CardSample]]:
+    """One CardSample per (node, UUID) seen in any of the three queries."""
+    cards: dict[str, dict[str, CardSample]] = {}
+    keys: dict[CardKey, None] = dict.fromkeys([*free.cards, *used.cards, *total.cards])
+    for key in keys:
+        node, uuid = key
+        figures = [query.cards.get(key) for query in (free, used, total)]
+        index = next((fig.index for fig in figures if fig is not None and fig.index), None)
+        samples = [fig.sample if fig is not None else None for fig in figures]
+        cards.setdefault(node, {})[uuid] = CardSample(uuid, index, *samples)
+    return cards
 
 
 class PrometheusQuery:

@@ -83,7 +83,9 @@ class Defaults(_Model):
 
 
 class TelemetryQueries(_Model):
-    """PromQL for live GPU memory. Each query returns one series per node (label nodeLabel)."""
+    """PromQL for live GPU memory, each replacing its preset's query. Series name their node
+    (nodeLabels); those that also carry a GPU UUID (label UUID or uuid) are one card each,
+    de-duplicated, and the node's figure is the sum of its cards."""
 
     free_mib: str | None = Field(default=None, alias="freeMiB")
     used_mib: str | None = Field(default=None, alias="usedMiB")
@@ -91,10 +93,21 @@ class TelemetryQueries(_Model):
     pod_used_mib: str | None = Field(
         default=None, alias="podUsedMiB", description="Per pod: labels namespace and pod."
     )
+    pod_card: str | None = Field(
+        default=None,
+        alias="podCard",
+        description="Which card each pod holds: series labelled namespace, pod and the GPU's "
+        "UUID (UUID or uuid); the value is ignored. Wins over pod labels on the other series.",
+    )
 
 
 class Telemetry(_Model):
-    preset: Literal["dcgm", "pod-exporter", "custom"] = "dcgm"
+    preset: Literal["dcgm", "pod-exporter", "node-agent", "custom"] = Field(
+        default="dcgm",
+        description="dcgm: dcgm-exporter's DCGM_FI_DEV_FB_FREE/USED per GPU; pod-exporter: "
+        "gpu_pod_memory_used_bytes per pod; node-agent: `vramguard node-agent` (per GPU, per "
+        "pod, and which card each pod holds); custom: only the queries given.",
+    )
     queries: TelemetryQueries = TelemetryQueries()
     node_labels: tuple[str, ...] = Field(
         default=("Hostname", "hostname", "node", "kubernetes_node", "instance"),

@@ -20,49 +20,21 @@ from extender.telemetry import (
     sample_times,
 )
 from gpumem.policy import Telemetry
-from gpumem.state import Sample
+from gpumem.state import CardSample, Sample
 from tests.unit.extender.factories import NOW, make_node, make_pod, make_policy
-
-NODE_LABELS = ("Hostname", "hostname", "node", "kubernetes_node", "instance")
-EVAL = NOW  # instant queries answer with the evaluation time
-
-
-def dcgm_series(hostname: str, gpu: int, value: str, label: str = "Hostname") -> dict[str, Any]:
-    """One DCGM_FI_DEV_FB_FREE series as dcgm-exporter labels it."""
-    return {
-        "metric": {
-            "__name__": "DCGM_FI_DEV_FB_FREE",
-            "DCGM_FI_DRIVER_VERSION": "535.104.05",
-            label: hostname,
-            "UUID": f"GPU-6f5e{gpu}c2a-93b1-4e8e-8f3c-0b1c2d3e4f5a",
-            "device": f"nvidia{gpu}",
-            "gpu": str(gpu),
-            "instance": "10.244.1.5:9400",
-            "job": "gpu-metrics",
-            "modelName": "NVIDIA A10G",
-            # dcgm-exporter's own pod: not the workload's.
-            "namespace": "gpu-operator",
-            "pod": "nvidia-dcgm-exporter-7xk2p",
-            "pci_bus_id": f"00000000:00:1{gpu}.0",
-        },
-        "value": [EVAL, value],
-    }
-
-
-def api_response(result: list[Any]) -> dict[str, Any]:
-    return {"status": "success", "data": {"resultType": "vector", "result": result}}
-
-
-def timestamps_of(result: list[dict[str, Any]], scraped_at: float) -> list[dict[str, Any]]:
-    """The answer of timestamp(<query>): the same series without __name__, valued by the
-    scrape time."""
-    return [
-        {
-            "metric": {k: v for k, v in s["metric"].items() if k != "__name__"},
-            "value": [EVAL, str(scraped_at)],
-        }
-        for s in result
-    ]
+from tests.unit.extender.prometheus_answers import (
+    EVAL,
+    MIB,
+    NODE_LABELS,
+    FakePrometheus,
+    answers_for,
+    api_response,
+    dcgm_series,
+    exporter_series,
+    labelled,
+    on_pod,
+    timestamps_of,
+)
 
 
 def test_dcgm_multi_gpu_node_sums_free_and_keeps_the_oldest_sample() -> None:
@@ -122,21 +94,6 @@ def test_series_without_node_label_is_reported() -> None:
     assert "no node label (Hostname)" in problems[0]
 
 
-def exporter_series(namespace: str, pod: str, pid: int, used_bytes: int, **extra: str) -> Any:
-    return {
-        "metric": {
-            "__name__": "gpu_pod_memory_used_bytes",
-            "namespace": namespace,
-            "pod": pod,
-            "pid": str(pid),
-            "gpu": "0",
-            "instance": "10.0.0.7:9835",
-            **extra,
-        },
-        "value": [EVAL, str(used_bytes)],
-    }
-
-
 def test_pod_exporter_sums_processes_by_pod_in_mib() -> None:
     mib = 1 << 20
     result = [
@@ -169,44 +126,6 @@ def test_pod_exporter_prefers_exported_labels() -> None:
     assert list(samples) == [("team-a", "trainer-0")]
 
 
-@pytest.mark.parametrize(
-    "bad",
-    [
-        {"metric": {"Hostname": "gpu-1"}, "value": [EVAL, "NaN"]},
-        {"metric": {"Hostname": "gpu-1"}, "value": [EVAL, "+Inf"]},
-        {"metric": {"Hostname": "gpu-1"}, "value": [EVAL, "-5"]},
-        {"metric": {"Hostname": "gpu-1"}, "value": [EVAL, "lots"]},
-        {"metric": {"Hostname": "gpu-1"}, "value": [EVAL]},
-        {"metric": {"Hostname": "gpu-1"}, "value": "14000"},
-        {"metric": {"Hostname": "gpu-1"}, "values": [[EVAL, "1"]]},  # a range vector
-        {"metric": "gpu-1", "value": [EVAL, "1"]},
-        "garbage",
-        None,
-    ],
-)
-def test_garbage_series_are_skipped_with_a_problem(bad: Any) -> None:
-    good = dcgm_series("gpu-2", 0, "100")
-    parsed = parse_vector([bad, good])
-    assert len(parsed.series) == 1
-    assert len(parsed.problems) == 1
-
-
-@pytest.mark.parametrize(
-    "answer",
-    [
-        "<html>502 Bad Gateway</html>",
-        {"status": "error", "errorType": "bad_data", "error": "parse error"},
-        {"status": "success", "data": {"resultType": "matrix", "result": []}},
-        {"status": "success", "data": {"resultType": "scalar", "result": [EVAL, "1"]}},
-        42,
-        None,
-    ],
-)
-def test_answers_that_are_not_vectors_fail(answer: Any) -> None:
-    with pytest.raises(TelemetryError):
-        parse_vector(answer)
-
-
 def test_plan_presets_and_overrides() -> None:
     assert plan_queries(Telemetry()).free == Query("DCGM_FI_DEV_FB_FREE")
     exporter = plan_queries(Telemetry(preset="pod-exporter"))
@@ -221,21 +140,6 @@ def test_plan_presets_and_overrides() -> None:
     with_pods = plan_queries(Telemetry.model_validate({"queries": {"podUsedMiB": "z"}}))
     assert with_pods.free == Query("DCGM_FI_DEV_FB_FREE")
     assert with_pods.pod_used == Query("z")
-
-
-class FakePrometheus:
-    """Answers instant queries from a dict, as custom_query does (the result list)."""
-
-    def __init__(self, answers: dict[str, Any]) -> None:
-        self.answers = answers
-        self.queries: list[str] = []
-
-    def __call__(self, expr: str) -> object:
-        self.queries.append(expr)
-        answer = self.answers.get(expr, [])
-        if isinstance(answer, Exception):
-            raise answer
-        return answer
 
 
 def dcgm_answers(free: dict[str, str], scraped_at: float = NOW - 8) -> dict[str, Any]:
@@ -269,6 +173,104 @@ def test_read_telemetry_wraps_client_failures(failure: Exception) -> None:
     prometheus = FakePrometheus({"DCGM_FI_DEV_FB_FREE": failure})
     with pytest.raises(TelemetryError, match="DCGM_FI_DEV_FB_FREE"):
         read_telemetry(prometheus, plan_queries(Telemetry()), NODE_LABELS, NOW)
+
+
+def test_plan_node_agent_preset() -> None:
+    plan = plan_queries(Telemetry(preset="node-agent"))
+    assert plan.free == Query("vramguard_gpu_memory_free_bytes", "bytes", names_pods=False)
+    assert plan.used == Query("vramguard_gpu_memory_used_bytes", "bytes", names_pods=False)
+    assert plan.total == Query("vramguard_gpu_memory_total_bytes", "bytes", names_pods=False)
+    assert plan.pod_used == Query("gpu_pod_memory_used_bytes", "bytes")
+    assert plan.assignment == Query("vramguard_pod_gpu_assignment")
+    # A replaced query is in MiB and keeps what the preset knows about its pod labels.
+    custom = Telemetry.model_validate(
+        {"preset": "node-agent", "queries": {"freeMiB": "f", "podCard": "which_gpu"}}
+    )
+    assert plan_queries(custom).free == Query("f", names_pods=False)
+    assert plan_queries(custom).assignment == Query("which_gpu")
+    assert plan_queries(Telemetry()).assignment is None
+
+
+def test_read_dcgm_two_cards_with_pod_mapping() -> None:
+    gpu0, gpu1 = dcgm_series("gpu-1", 0, "6000"), dcgm_series("gpu-1", 1, "6000")
+    used0 = {
+        "metric": gpu0["metric"] | {"__name__": "DCGM_FI_DEV_FB_USED"},
+        "value": [EVAL, "10384"],
+    }
+    answers = answers_for(
+        {
+            "DCGM_FI_DEV_FB_FREE": [on_pod(gpu0, "team-a", "a"), on_pod(gpu0, "team-a", "b"), gpu1],
+            "DCGM_FI_DEV_FB_USED": [on_pod(used0, "team-a", "a"), on_pod(used0, "team-a", "b")],
+        },
+        NOW - 3,
+    )
+    reading, problems = read_telemetry(
+        FakePrometheus(answers), plan_queries(Telemetry()), NODE_LABELS, NOW
+    )
+    uuid0, uuid1 = gpu0["metric"]["UUID"], gpu1["metric"]["UUID"]
+    assert reading.free == {"gpu-1": Sample(12000, NOW - 3)}  # not 18000: repeats counted once
+    assert reading.used == {"gpu-1": Sample(10384, NOW - 3)}
+    assert reading.cards["gpu-1"] == {
+        uuid0: CardSample(uuid0, "0", Sample(6000, NOW - 3), Sample(10384, NOW - 3)),
+        uuid1: CardSample(uuid1, "1", free=Sample(6000, NOW - 3)),
+    }
+    # The exporter's own pod labels the card nobody holds: harmless, it requests no GPU.
+    assert reading.pod_cards == {
+        ("team-a", "a"): uuid0,
+        ("team-a", "b"): uuid0,
+        ("gpu-operator", "nvidia-dcgm-exporter-7xk2p"): uuid1,
+    }
+    assert problems == []
+
+
+def test_read_node_agent() -> None:
+    agent_pod = {"namespace": "vramguard", "pod": "vramguard-node-agent-x"}  # target labels
+    per_gpu = [
+        labelled(str(n * MIB), node="gpu-1", gpu=g, uuid=f"GPU-{g}", **agent_pod)
+        for g, n in (("0", 6000), ("1", 6000))
+    ]
+    usage = [
+        exporter_series(
+            "vramguard",
+            "vramguard-node-agent-x",
+            1,
+            3000 * MIB,
+            exported_namespace="team-a",
+            exported_pod="a",
+            uuid="GPU-0",
+        ),
+    ]
+    assignment = [
+        labelled("1", namespace="team-a", pod="a", container="main", gpu="1", uuid="GPU-1"),
+        labelled("1", namespace="team-a", pod="b", container="main", gpu="0", uuid="GPU-0"),
+        labelled("1", namespace="team-a", pod="b", container="side", gpu="1", uuid="GPU-1"),
+    ]
+    answers = answers_for(
+        {
+            "vramguard_gpu_memory_free_bytes": per_gpu,
+            "vramguard_gpu_memory_total_bytes": per_gpu,
+            "gpu_pod_memory_used_bytes": usage,
+        },
+        NOW - 2,
+    )
+    prometheus = FakePrometheus(answers | {"vramguard_pod_gpu_assignment": assignment})
+    plan = plan_queries(Telemetry(preset="node-agent"))
+    reading, problems = read_telemetry(prometheus, plan, NODE_LABELS, NOW)
+    assert "timestamp(vramguard_pod_gpu_assignment)" not in prometheus.queries
+    assert prometheus.queries[-1] == "vramguard_pod_gpu_assignment"
+    assert reading.source == "node-agent"
+    assert reading.free == {"gpu-1": Sample(12000, NOW - 2)}
+    assert reading.cards["gpu-1"]["GPU-1"] == CardSample(
+        "GPU-1", "1", free=Sample(6000, NOW - 2), total=Sample(6000, NOW - 2)
+    )
+    assert reading.pod_used == {("team-a", "a"): Sample(3000, NOW - 2)}
+    # The assignment wins over the usage labels; b holds two cards, so its card is unknown;
+    # the agent's own pod, on every card's series, claims none.
+    assert reading.pod_cards == {("team-a", "a"): "GPU-1"}
+    assert problems == [
+        "pod team-a/b on 2 GPUs in vramguard_pod_gpu_assignment (GPU-0, GPU-1): "
+        "its card is left unknown"
+    ]
 
 
 def make_poller(prometheus: FakePrometheus, **extender: Any) -> tuple[TelemetryPoller, Any]:

@@ -1,0 +1,312 @@
+"""Pure parsing of Prometheus instant-query answers into vramguard's telemetry: per node, per
+card (one GPU UUID on one node) and per pod, and which card each pod holds.
+
+Cards: a series that carries a GPU UUID (`UUID` as dcgm-exporter writes it, `uuid` as the node
+agent does) is one card's. Exporters that map pods repeat a card's series, with the same value,
+once per pod on it (dcgm-exporter with --kubernetes-virtual-gpus), and newer dcgm-exporters add
+per-pod DCGM_FI_DEV_FB_USED series beside the card's own: so the series of one (node, UUID) are
+one card, never a sum. Its sample is the newest series; among equally new ones the cautious
+value wins (the least free or total memory, the most used), which is the card's own figure when
+the others are per-pod parts of it. Series without a UUID are summed per node, as they always
+were (a custom query that aggregates, an exporter that labels nodes only).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal, TypeVar
+
+from gpumem.state import PodKey, Sample
+
+MIB = 1 << 20
+Unit = Literal["MiB", "bytes"]
+LabelSet = frozenset[tuple[str, str]]
+CardKey = tuple[str, str]  # (Node name, GPU UUID)
+# Prometheus renames a target label that clashes with a scraped one to exported_<name>; for
+# pod-level exporters the exported_* labels are the ones naming the workload pod.
+POD_LABELS = (("exported_namespace", "exported_pod"), ("namespace", "pod"))
+UUID_LABELS = ("UUID", "uuid")
+INDEX_LABEL = "gpu"
+# dcgm-exporter labels a MIG instance's series with its parent GPU's UUID and the instance's
+# GPU_I_ID: the instances of one GPU have different values, so they are not repeats of one
+# card. They stay summed per node, as before cards existed.
+MIG_INSTANCE_LABEL = "GPU_I_ID"
+
+
+class TelemetryError(Exception):
+    """A fetch that failed or answered something that is not an instant vector."""
+
+
+@dataclass(frozen=True)
+class Series:
+    labels: Mapping[str, str]
+    value: float
+    timestamp: float
+
+    @property
+    def label_set(self) -> LabelSet:
+        # timestamp() drops the metric name; match its series on the other labels.
+        return frozenset((k, v) for k, v in self.labels.items() if k != "__name__")
+
+
+@dataclass(frozen=True)
+class Parsed:
+    series: list[Series]
+    problems: list[str]
+
+
+def parse_vector(answer: object) -> Parsed:
+    """Parse an instant-query answer: the result list (what custom_query returns) or the whole
+    API response. Raises TelemetryError when it is not a vector at all; a series with a bad
+    value is skipped and described in problems."""
+    result = _result_list(answer)
+    series = []
+    problems = []
+    for item in result:
+        if not isinstance(item, Mapping):
+            problems.append(f"not a series: {item!r:.80}")
+            continue
+        labels = item.get("metric")
+        point = item.get("value")
+        if (
+            not isinstance(labels, Mapping)
+            or not isinstance(point, Sequence)
+            or isinstance(point, str)
+            or len(point) != 2
+        ):
+            problems.append(f"not a series: {item!r:.80}")
+            continue
+        try:
+            timestamp = float(point[0])
+            value = float(point[1])
+        except (TypeError, ValueError):
+            problems.append(f"unreadable sample {point!r:.80}")
+            continue
+        if not math.isfinite(timestamp) or not math.isfinite(value) or value < 0:
+            problems.append(f"unusable value {point[1]!r} in {dict(labels)!r:.80}")
+            continue
+        series.append(Series({str(k): str(v) for k, v in labels.items()}, value, timestamp))
+    return Parsed(series, problems)
+
+
+def _result_list(answer: object) -> Sequence[object]:
+    if isinstance(answer, Mapping):
+        if answer.get("status") not in (None, "success"):
+            raise TelemetryError(f"query failed: {answer.get('error', answer.get('status'))}")
+        data = answer.get("data", answer)
+        if not isinstance(data, Mapping) or data.get("resultType") not in (None, "vector"):
+            raise TelemetryError("query did not return an instant vector")
+        answer = data.get("result")
+    if not isinstance(answer, list):
+        raise TelemetryError(f"query did not return a list of series: {answer!r:.80}")
+    return answer
+
+
+def sample_times(parsed: Parsed) -> dict[LabelSet, float]:
+    """Scrape time per series, from the answer of a timestamp(<query>) query."""
+    return {s.label_set: s.value for s in parsed.series}
+
+
+def to_mib(value: float, unit: Unit, round_up: bool) -> int:
+    mib = value / MIB if unit == "bytes" else value
+    return math.ceil(mib) if round_up else math.floor(mib)
+
+
+def node_of(labels: Mapping[str, str], node_labels: Sequence[str]) -> str | None:
+    """The Node name of a series: the first of node_labels it carries."""
+    for label in node_labels:
+        value = labels.get(label)
+        if value:
+            # instance is host:port; a bare host is what can match a Node name.
+            return value.rsplit(":", 1)[0] if label == "instance" and ":" in value else value
+    return None
+
+
+def uuid_of(labels: Mapping[str, str]) -> str | None:
+    """The GPU UUID of a card's series; None for a series that is not one card's."""
+    if labels.get(MIG_INSTANCE_LABEL):
+        return None
+    for label in UUID_LABELS:
+        value = labels.get(label)
+        if value:
+            return value
+    return None
+
+
+def pod_of(labels: Mapping[str, str]) -> PodKey | None:
+    for namespace_label, pod_label in POD_LABELS:
+        namespace, pod = labels.get(namespace_label), labels.get(pod_label)
+        if namespace and pod:
+            return (namespace, pod)
+    return None
+
+
+@dataclass(frozen=True)
+class CardFigure:
+    """One card's figure from one query: its sample in MiB and the exporter's GPU index."""
+
+    sample: Sample
+    index: str | None
+
+
+@dataclass(frozen=True)
+class DeviceFigures:
+    """One per-GPU (or per-node) query's answer: per node, each card counted once, and per
+    card where the series carry a UUID."""
+
+    nodes: dict[str, Sample]
+    cards: dict[CardKey, CardFigure]
+    problems: list[str]
+
+
+def device_figures(
+    parsed: Parsed,
+    node_labels: Sequence[str],
+    unit: Unit,
+    times: Mapping[LabelSet, float],
+    round_up: bool,
+) -> DeviceFigures:
+    """Cards and node sums of a free, used or total query. round_up: the figure is memory in
+    use (rounded up; the highest of a card's equally new series wins), else free or total
+    memory (rounded down; the lowest wins). A node's sample is as old as its oldest card."""
+    sums: dict[str, float] = {}
+    oldest: dict[str, float] = {}
+
+    def add(node: str, value: float, sampled_at: float) -> None:
+        sums[node] = sums.get(node, 0.0) + value
+        oldest[node] = min(oldest.get(node, sampled_at), sampled_at)
+
+    chosen: dict[CardKey, tuple[Series, float]] = {}
+    index: dict[CardKey, str] = {}
+    problems = []
+    for s in parsed.series:
+        node = node_of(s.labels, node_labels)
+        if node is None:
+            problems.append(f"no node label ({', '.join(node_labels)}) in {dict(s.labels)!r:.80}")
+            continue
+        sampled_at = _sampled_at(s, times)
+        uuid = uuid_of(s.labels)
+        if uuid is None:
+            add(node, s.value, sampled_at)
+            continue
+        key = (node, uuid)
+        best = chosen.get(key)
+        if (
+            best is None
+            or sampled_at > best[1]
+            or (sampled_at == best[1] and _more_cautious(s.value, best[0].value, round_up))
+        ):
+            chosen[key] = (s, sampled_at)
+        if s.labels.get(INDEX_LABEL):
+            index.setdefault(key, s.labels[INDEX_LABEL])
+    cards = {}
+    for key, (s, sampled_at) in chosen.items():
+        add(key[0], s.value, sampled_at)
+        cards[key] = CardFigure(
+            Sample(to_mib(s.value, unit, round_up), sampled_at),
+            s.labels.get(INDEX_LABEL) or index.get(key),
+        )
+    nodes = {
+        node: Sample(to_mib(total, unit, round_up), oldest[node]) for node, total in sums.items()
+    }
+    return DeviceFigures(nodes, cards, problems)
+
+
+def _more_cautious(value: float, than: float, round_up: bool) -> bool:
+    return value > than if round_up else value < than
+
+
+def _sampled_at(s: Series, times: Mapping[LabelSet, float]) -> float:
+    return min(s.timestamp, times.get(s.label_set, s.timestamp))
+
+
+def node_samples(
+    parsed: Parsed,
+    node_labels: Sequence[str],
+    unit: Unit,
+    times: Mapping[LabelSet, float],
+    round_up: bool,
+) -> tuple[dict[str, Sample], list[str]]:
+    """Per node: the sum of its cards (each counted once) and of its series without a UUID;
+    a node's sample is as old as its oldest GPU's."""
+    figures = device_figures(parsed, node_labels, unit, times, round_up)
+    return figures.nodes, figures.problems
+
+
+def pod_samples(
+    parsed: Parsed, unit: Unit, times: Mapping[LabelSet, float]
+) -> tuple[dict[PodKey, Sample], list[str]]:
+    """Sum per-process series per pod."""
+    return _sum_by(parsed, pod_of, "no namespace/pod labels", unit, times, round_up=True)
+
+
+K = TypeVar("K", str, tuple[str, str])
+
+
+def _sum_by(
+    parsed: Parsed,
+    key_of: Callable[[Mapping[str, str]], K | None],
+    missing_key: str,
+    unit: Unit,
+    times: Mapping[LabelSet, float],
+    *,
+    round_up: bool,
+) -> tuple[dict[K, Sample], list[str]]:
+    """Sum the series that share a key; a sum is as old as its oldest series."""
+    sums: dict[K, float] = {}
+    oldest: dict[K, float] = {}
+    problems = []
+    for s in parsed.series:
+        key = key_of(s.labels)
+        if key is None:
+            problems.append(f"{missing_key} in {dict(s.labels)!r:.80}")
+            continue
+        sums[key] = sums.get(key, 0.0) + s.value
+        sampled_at = _sampled_at(s, times)
+        oldest[key] = min(oldest.get(key, sampled_at), sampled_at)
+    return {
+        key: Sample(to_mib(total, unit, round_up), oldest[key]) for key, total in sums.items()
+    }, problems
+
+
+# --- Which card a pod holds ---------------------------------------------------------------------
+
+
+def card_claims(series: Iterable[Series]) -> dict[PodKey, set[str]]:
+    """The GPU UUIDs each pod is named beside, in series that carry both (dcgm-exporter's pod
+    mapping, a per-pod exporter's uuid label, the node agent's assignment series)."""
+    claims: dict[PodKey, set[str]] = {}
+    for s in series:
+        pod, uuid = pod_of(s.labels), uuid_of(s.labels)
+        if pod is not None and uuid is not None:
+            claims.setdefault(pod, set()).add(uuid)
+    return claims
+
+
+def pod_cards(
+    labelled: Mapping[PodKey, set[str]],
+    assigned: Mapping[PodKey, set[str]],
+    assignment_source: str = "the assignment query",
+) -> tuple[dict[PodKey, str], list[str]]:
+    """Which card each pod holds. The assignment query (the node agent reads the kubelet's
+    PodResources: exact) wins over pod labels on the other series; a pod one source names
+    beside two UUIDs is left out, counted as a problem: an unassigned pod counts against every
+    card of its node, which is safe, a wrong card is not."""
+    cards: dict[PodKey, str] = {}
+    problems = []
+    for pod in sorted(labelled.keys() | assigned.keys()):
+        uuids, source = (
+            (assigned[pod], assignment_source)
+            if pod in assigned
+            else (labelled[pod], "exporter pod labels")
+        )
+        if len(uuids) == 1:
+            cards[pod] = next(iter(uuids))
+        else:
+            problems.append(
+                f"pod {pod[0]}/{pod[1]} on {len(uuids)} GPUs in {source} "
+                f"({', '.join(sorted(uuids))}): its card is left unknown"
+            )
+    return cards, problems
