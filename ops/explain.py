@@ -8,6 +8,9 @@ One list of nodes and pods plus one telemetry read build the snapshot the extend
 (gpumem.explain.judge_nodes): fits (with the MiB to spare), refused (the extender's reason,
 word for word), not admitted by the pod's nodeSelector or node affinity, or no GPU memory. A
 Pending pod's summary is the extender's GPUMemoryUnavailable Event text when no node fits.
+On a node with several GPUs the refusal names the card that refused, and a row per card
+(`node-a/gpu 1`) says whether the device plugin could give the pod that card (a candidate, by
+the policy's allocationPolicy), with the card's live free and declared/capacity.
 
 Without --prometheus-url (or when Prometheus cannot be read) the live check is not evaluated:
 the nodes are judged on the declared budgets alone, as staleMode budget-only would, and every

@@ -1,6 +1,7 @@
 """What `vramguard explain` says about one pod, as pure data: where it stands, its verdict on
 every node (gpumem.explain.judge_nodes, the extender's own fit rule) with the node's figures,
-the one-line summary, and the JSON and table it prints."""
+the one-line summary, and the JSON and table it prints. On a node with several cards the
+verdict also says which card refused, and has a row per card under it (ops.explain_cards)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,14 @@ from gpumem.fit import staleness_text
 from gpumem.pending import SchedulingPod
 from gpumem.policy import ExtenderSettings
 from gpumem.state import LiveView, NodeState, Snapshot
+from ops.explain_cards import (
+    CardVerdictRow,
+    card_cells,
+    card_json,
+    card_rows,
+    card_stale_reason,
+    refused_card,
+)
 from ops.table import MISSING, render_table
 
 # Whether Prometheus was read: without it the live part of the fit rule cannot be judged,
@@ -49,6 +58,10 @@ class VerdictRow:
     telemetry_age_seconds: float | None
     declared_mib: int
     capacity_mib: int | None
+    # On a node with several cards: the index of the card that refused (None when the
+    # refusal is the node's, or the pod fits), and every card's row. Empty on a one-card node.
+    refused_card: str | None = None
+    cards: tuple[CardVerdictRow, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -172,8 +185,14 @@ def _verdict_row(
         reason = f"{verdict.headroom_mib} MiB to spare"
         if verdict.live_skipped:
             reason += " in budgets; " + (
-                _NOT_EVALUATED[live_read] or _stale_reason(live, settings, now)
+                _NOT_EVALUATED[live_read]
+                or (
+                    card_stale_reason(node, settings, now)
+                    if node.cards
+                    else _stale_reason(live, settings, now)
+                )
             )
+    refused = refused_card(node, verdict.refusal)
     return VerdictRow(
         node=verdict.node,
         verdict=verdict.verdict,
@@ -186,6 +205,8 @@ def _verdict_row(
         telemetry_age_seconds=None if live is None else round(live.age(now), 1),
         declared_mib=node.declared_mib,
         capacity_mib=node.capacity.mib,
+        refused_card=None if refused is None else refused.index,
+        cards=card_rows(node, verdict, pod, settings, now),
     )
 
 
@@ -230,22 +251,28 @@ def explanation_json(report: PodExplanation) -> dict[str, Any]:
         "judged": report.judged,
         "summary": report.summary,
         "live": report.live,
-        "nodes": [
-            {
-                "name": row.node,
-                "verdict": row.verdict,
-                "reason": row.reason,
-                "refusalKind": row.refusal_kind,
-                "headroomMiB": row.headroom_mib,
-                "liveChecked": row.live_checked,
-                "liveFreeMiB": row.live_free_mib,
-                "telemetryAgeSeconds": row.telemetry_age_seconds,
-                "declaredMiB": row.declared_mib,
-                "capacityMiB": row.capacity_mib,
-            }
-            for row in report.rows
-        ],
+        "nodes": [_verdict_json(row) for row in report.rows],
     }
+
+
+def _verdict_json(row: VerdictRow) -> dict[str, Any]:
+    """A node's verdict; `refusedCard` and `cards` only on a node with several cards."""
+    document: dict[str, Any] = {
+        "name": row.node,
+        "verdict": row.verdict,
+        "reason": row.reason,
+        "refusalKind": row.refusal_kind,
+        "headroomMiB": row.headroom_mib,
+        "liveChecked": row.live_checked,
+        "liveFreeMiB": row.live_free_mib,
+        "telemetryAgeSeconds": row.telemetry_age_seconds,
+        "declaredMiB": row.declared_mib,
+        "capacityMiB": row.capacity_mib,
+    }
+    if row.cards:
+        document["refusedCard"] = row.refused_card
+        document["cards"] = [card_json(card) for card in row.cards]
+    return document
 
 
 EXPLAIN_HEADERS = ("NODE", "VERDICT", "LIVE FREE", "DECLARED/CAPACITY", "REASON")
@@ -297,10 +324,15 @@ def render_explanation(report: PodExplanation, colour: bool = False) -> list[str
     without = [row.node for row in report.rows if row.verdict == "no-gpu"]
     lines.append("")
     if shown:
-        red = [row.verdict == "refused" for row in shown]
-        lines += render_table(
-            EXPLAIN_HEADERS, [verdict_cells(r) for r in shown], red_rows=red, colour=colour
-        )
+        cells: list[tuple[str, ...]] = []
+        red: list[bool] = []
+        for row in shown:
+            cells.append(verdict_cells(row))
+            red.append(row.verdict == "refused")
+            for card in row.cards:
+                cells.append(card_cells(row.node, card))
+                red.append(card.refused)
+        lines += render_table(EXPLAIN_HEADERS, cells, red_rows=red, colour=colour)
     if without:
         count = len(without)
         lines.append(
