@@ -190,26 +190,53 @@ def evaluate(
         return _evaluate_cards(need, node, limits, now, relief, declared_headroom, reserved)
     live = node.live
     if live is None or is_stale(live.sampled_at, limits.max_age_seconds, now):
-        if limits.budget_only:
-            return None, declared_headroom, True
-        if live is None:
-            why = f"no live GPU memory telemetry for the node ({limits.source})"
-        else:
-            why = (
-                f"live GPU memory telemetry is {staleness_text(live, limits.max_age_seconds, now)}"
-                f" ({live.source})"
-            )
-        return _refusal("stale", f"{why}; staleMode deny", False)
-
+        return _stale(live, limits, now, declared_headroom, subject="node", label="")
     idle = not_yet_in_use_mib(node, now) - relief.not_yet_using_mib
     free = live.free_mib + relief.live_freed_mib
+    return _live(need, free, idle, live, limits, now, declared_headroom, _after(relief))
+
+
+def _stale(
+    live: LiveView | None,
+    limits: Limits,
+    now: float,
+    declared_headroom: int,
+    *,
+    subject: str,
+    label: str,
+) -> Evaluation:
+    """No live figures, or too old, for the node or the card (`subject`, named by `label`):
+    budget-only passes on the declared check alone, deny refuses."""
+    if limits.budget_only:
+        return None, declared_headroom, True
+    if live is None:
+        why = f"no live GPU memory telemetry for the {subject} ({limits.source})"
+    else:
+        why = (
+            f"live GPU memory telemetry is {staleness_text(live, limits.max_age_seconds, now)}"
+            f" ({live.source})"
+        )
+    return _refusal("stale", f"{label}{why}; staleMode deny", False)
+
+
+def _live(  # noqa: PLR0917 (the figures of one check, in the order the rule states them)
+    need: int,
+    free: int,
+    idle: int,
+    live: LiveView,
+    limits: Limits,
+    now: float,
+    declared_headroom: int,
+    prefix: str,
+) -> Evaluation:
+    """free - not yet in use >= need + floor, on the node or a card (`prefix` names it)."""
     available = free - idle
     floor = limits.floor_mib
     if available < need + floor:
         idle_part = f" - {idle} not yet in use = {available}" if idle else ""
         return _refusal(
             "live",
-            f"{_after(relief)}live free {free}{idle_part} MiB < need {need} + floor {floor} "
+            f"{prefix}live free {free}{idle_part} MiB < need {need} + floor {floor} "
             f"MiB ({live.source}, {live.age(now):.0f}s old)",
             True,
             need + floor - available,
@@ -301,31 +328,11 @@ def _evaluate_card(card: CardState, context: _CardContext) -> Evaluation:
         )
     live = card.live
     if live is None or is_stale(live.sampled_at, limits.max_age_seconds, now):
-        if limits.budget_only:
-            return None, declared_headroom, True
-        if live is None:
-            why = f"no live GPU memory telemetry for the card ({limits.source})"
-        else:
-            why = (
-                f"live GPU memory telemetry is {staleness_text(live, limits.max_age_seconds, now)}"
-                f" ({live.source})"
-            )
-        return _refusal("stale", f"{card.label}: {why}; staleMode deny", False)
+        return _stale(live, limits, now, declared_headroom, subject="card", label=f"{card.label}: ")
     idle = _not_yet_in_use(card.pods, context.node.per_pod_usage, now) - own.not_yet_using_mib
-    idle += shared_idle
     free = live.free_mib + own.live_freed_mib
-    available = free - idle
-    floor = limits.floor_mib
-    if available < need + floor:
-        idle_part = f" - {idle} not yet in use = {available}" if idle else ""
-        return _refusal(
-            "live",
-            f"{_after(relief)}{card.label}: live free {free}{idle_part} MiB < need {need} + "
-            f"floor {floor} MiB ({live.source}, {live.age(now):.0f}s old)",
-            True,
-            need + floor - available,
-        )
-    return None, min(declared_headroom, available - need - floor), False
+    prefix = f"{_after(relief)}{card.label}: "
+    return _live(need, free, idle + shared_idle, live, limits, now, declared_headroom, prefix)
 
 
 def _not_yet_in_use(pods: Sequence[PodView], per_pod_usage: bool, now: float) -> int:
