@@ -31,21 +31,31 @@ Per GPU node, one WatchdogDecision, in this order (all MiB):
 
 A node asked for by name that is not a GPU node vramguard knows gets unknown-node.
 
+On a node with several cards (NodeState.cards) with per-card live telemetry the rule is made
+per card, one decision each: the card's live free against the floor; the Pending pods waiting
+count for a card the device plugin could give them (gpumem.cards.candidate_cards); a
+terminating pod known to hold the card, or unassigned (it may), holds its cooldown, as does a
+recycle on that card; and the victim is the pod most over budget among those known to hold
+the card. An unassigned pod is never chosen: it may be on another card, and recycling it would
+free nothing here. Without per-card telemetry (cards known from GPU Feature Discovery alone)
+the node keeps the node-wide rule: its free is the sum over its cards, so free below the floor
+there means every card is below it, and any pod over budget is on a card that needs the VRAM.
+
 Pure: frozen data in, decisions out, the caller passes the time.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Literal, get_args
 
-from gpumem.explain import judge_nodes
+from gpumem.cards import candidate_cards
 from gpumem.fit import is_stale, staleness_text
-from gpumem.objects import mapping
-from gpumem.pending import PendingPod, pending_pod
+from gpumem.pending import PendingPod
 from gpumem.policy import ExtenderSettings, Policy
-from gpumem.state import NodeState, PodView, Snapshot
+from gpumem.state import CardState, LiveView, NodeState, PodView, Snapshot
+from gpumem.watchdog_facts import PodFacts, pod_facts, waiting_on_live_vram
 
 WatchdogAction = Literal["none", "recycle"]
 Reason = Literal[
@@ -101,6 +111,12 @@ class WatchdogLimits:
         )
 
 
+def cooldown_key(node: str, card: str | None = None) -> str:
+    """What a recycle's cooldown holds back: the node, or on a node with several cards the
+    card (by UUID) the victim held, since the VRAM it frees shows on that card alone."""
+    return node if card is None else f"{node}/{card}"
+
+
 @dataclass(frozen=True, slots=True)
 class Recycled:
     """A recycle decided earlier on a node (the pod deleted, or only logged in a dry run)."""
@@ -110,6 +126,12 @@ class Recycled:
     namespace: str
     name: str
     at: float
+    # The card's UUID on a node with several cards.
+    card: str | None = None
+
+    @property
+    def key(self) -> str:
+        return cooldown_key(self.node, self.card)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,45 +146,22 @@ class WatchdogDecision:
     floor_mib: int | None = None
     # The pod to recycle (action "recycle" only).
     victim: PodView | None = None
+    # The card decided on, on a node with several cards that have live telemetry; None when
+    # the decision is the node's (one card, or no per-card figures).
+    card: CardState | None = None
 
     @property
     def recycles(self) -> bool:
         return self.action == "recycle"
 
     @property
+    def cooldown_key(self) -> str:
+        return cooldown_key(self.node, None if self.card is None else self.card.uuid)
+
+    @property
     def pod(self) -> str:
         """namespace/name of the victim, or "" when there is none."""
         return f"{self.victim.namespace}/{self.victim.name}" if self.victim is not None else ""
-
-
-@dataclass(frozen=True, slots=True)
-class PodFacts:
-    """What the rule reads about pods from the API besides the snapshot: the Pending GPU
-    pods of the served scheduler, and the UIDs of pods being deleted."""
-
-    pending: tuple[PendingPod, ...] = ()
-    terminating: frozenset[str] = frozenset()
-
-
-def pod_facts(raw_pods: Iterable[Mapping[str, Any]], policy: Policy) -> PodFacts:
-    """Pending GPU pods (gpumem.pending.pending_pod: unbound, of the served scheduler,
-    PodScheduled=False/Unschedulable, declaring GPU memory) and terminating pods."""
-    pending: list[PendingPod] = []
-    terminating: set[str] = set()
-    names = policy.resource_names
-    scheduler = policy.scheduler_name
-    for raw in raw_pods:
-        metadata = mapping(raw.get("metadata"))
-        if metadata.get("deletionTimestamp"):
-            uid = metadata.get("uid")
-            if isinstance(uid, str) and uid:
-                terminating.add(uid)
-            continue
-        if scheduler is not None:
-            found = pending_pod(raw, scheduler, names)
-            if found is not None:
-                pending.append(found)
-    return PodFacts(tuple(pending), frozenset(terminating))
 
 
 def decide(
@@ -175,13 +174,15 @@ def decide(
     recycled: Mapping[str, Recycled] | None = None,
     only: Collection[str] = (),
 ) -> list[WatchdogDecision]:
-    """One WatchdogDecision per GPU node (a node vramguard knows with a capacity or a live reading),
-    sorted by name; with `only`, for those nodes alone. `settings` is the policy's extender
-    section: a Pending pod is judged by the extender's own fit rule (gpumem.fit)."""
+    """One WatchdogDecision per GPU node (a node vramguard knows with a capacity or a live
+    reading), or per card of a node with several that have live telemetry, sorted by node and
+    card; with `only`, for those nodes alone. `settings` is the policy's extender section: a
+    Pending pod is judged by the extender's own fit rule (gpumem.fit). `recycled` is keyed by
+    cooldown_key."""
     nodes = snapshot.nodes
     gpu = sorted(name for name, node in nodes.items() if _is_gpu_node(node))
     facts = facts or PodFacts()
-    waiting = _waiting_on_live_vram(facts.pending, nodes, settings, now)
+    waiting = waiting_on_live_vram(facts.pending, nodes, settings, now)
     recycled = recycled or {}
     decisions = []
     for name in sorted(only) if only else gpu:
@@ -193,48 +194,103 @@ def decide(
                 )
             )
             continue
-        context = _NodeContext(limits, now, facts.terminating, recycled.get(name))
-        decisions.append(_decide_node(node, waiting.get(name, ()), context))
+        context = _Context(limits, now, facts.terminating)
+        for unit in _units(node, waiting.get(name, ()), recycled, settings, now):
+            decisions.append(_decide(node, unit, context))
     return decisions
 
 
 @dataclass(frozen=True, slots=True)
-class _NodeContext:
+class _Context:
     limits: WatchdogLimits
     now: float
     terminating: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class _Unit:
+    """What one decision is about: a node judged as a whole, or one card of a node with
+    several."""
+
+    card: CardState | None
+    live: LiveView | None
+    # The pods that may be recycled for it: on a card, those known to hold it.
+    pods: tuple[PodView, ...]
+    # The pods whose termination may free VRAM here: on a card, also the unassigned ones.
+    may_hold: tuple[PodView, ...]
+    # Pending pods this node refuses for live VRAM and no other node takes: on a card, only
+    # where the device plugin could give them that card.
+    waiting: tuple[PendingPod, ...]
     last: Recycled | None
+    # Unassigned pods (cards only): never chosen for a card they may not be on.
+    unassigned: tuple[PodView, ...] = ()
 
 
-def _decide_node(
-    node: NodeState, waiting: Sequence[PendingPod], context: _NodeContext
-) -> WatchdogDecision:
-    """The rule (see the module docstring) for one node; `waiting` are the Pending pods that
-    this node refuses for live VRAM and no other node takes."""
-    limits, now, name = context.limits, context.now, node.name
+def _units(
+    node: NodeState,
+    waiting: tuple[PendingPod, ...],
+    recycled: Mapping[str, Recycled],
+    settings: ExtenderSettings,
+    now: float,
+) -> list[_Unit]:
+    name = node.name
+    if not any(card.live is not None for card in node.cards):
+        # One card, or cards without per-card figures: the node-wide rule (module docstring).
+        return [_Unit(None, node.live, node.pods, node.pods, waiting, recycled.get(name))]
+    unassigned = node.unassigned
+    ahead = len(unassigned) + sum(1 for r in node.reservations if r.expires_at > now)
+    candidates = {
+        c.position for c in candidate_cards(node.cards, ahead, settings.allocation_policy)
+    }
+    return [
+        _Unit(
+            card,
+            card.live,
+            card.pods,
+            (*card.pods, *unassigned),
+            waiting if card.position in candidates else (),
+            recycled.get(cooldown_key(name, card.uuid)) if card.uuid is not None else None,
+            unassigned,
+        )
+        for card in node.cards
+    ]
+
+
+def _decide(node: NodeState, unit: _Unit, context: _Context) -> WatchdogDecision:
+    """The rule (see the module docstring) for one node or card."""
+    limits, now, name, card = context.limits, context.now, node.name, unit.card
     floor = limits.floor_mib
-    live = node.live
+    live = unit.live
+    # On a card, every message names it first: the log line and the pod's Event say which.
+    named = "" if card is None else f"{card.label}: "
     if live is None:
+        scope = "" if card is None else " for the card"
         return WatchdogDecision(
-            name, "none", "telemetry-unavailable", "no live GPU memory telemetry"
+            name,
+            "none",
+            "telemetry-unavailable",
+            f"{named}no live GPU memory telemetry{scope}",
+            card=card,
         )
     if is_stale(live.sampled_at, limits.max_age_seconds, now):
         return WatchdogDecision(
             name,
             "none",
             "telemetry-unavailable",
-            f"live GPU memory telemetry is {staleness_text(live, limits.max_age_seconds, now)} "
-            f"({live.source})",
+            f"{named}live GPU memory telemetry is "
+            f"{staleness_text(live, limits.max_age_seconds, now)} ({live.source})",
+            card=card,
         )
     free = live.free_mib
 
     def none(reason: Reason, message: str) -> WatchdogDecision:
-        return WatchdogDecision(name, "none", reason, message, free, floor)
+        return WatchdogDecision(name, "none", reason, named + message, free, floor, card=card)
 
     if free >= floor:
         return none("ok", f"live free {free} MiB >= floor {floor} MiB")
     below = f"live free {free} MiB < floor {floor} MiB"
     emergency = min(limits.emergency_floor_mib, floor)
+    waiting = unit.waiting
     if free < emergency:
         need = f"{below}, and < emergency floor {emergency} MiB"
     elif waiting:
@@ -257,7 +313,7 @@ def _decide_node(
             "found over its budget",
         )
     holding = [
-        pod for pod in node.pods if pod.uid in context.terminating and (pod.used_mib or 0) > 0
+        pod for pod in unit.may_hold if pod.uid in context.terminating and (pod.used_mib or 0) > 0
     ]
     if holding:
         pod = holding[0]
@@ -266,27 +322,42 @@ def _decide_node(
             f"{need}; waiting for {pod.namespace}/{pod.name} to terminate "
             f"(it still holds {pod.used_mib} MiB)",
         )
-    last = context.last
+    last = unit.last
     if last is not None and now - last.at < limits.cooldown_seconds:
         return none(
             "cooldown",
             f"{need}; {last.namespace}/{last.name} was recycled {now - last.at:.0f}s ago, "
             f"waiting {limits.cooldown_seconds:g}s for the freed VRAM to show",
         )
-    over = [pod for pod in node.pods if _over_budget(pod, limits, context.terminating)]
+    over = [pod for pod in unit.pods if _over_budget(pod, limits, context.terminating)]
     if not over:
-        return none("none-over-budget", f"{need}; no pod uses more than it declared")
+        return none("none-over-budget", f"{need}; {_none_over(unit, limits, context)}")
     victim = min(over, key=_victim_rank)
     used = victim.used_mib or 0
     return WatchdogDecision(
         name,
         "recycle",
         "over-budget",
-        f"{need}; {victim.namespace}/{victim.name} uses {used} MiB of {victim.declared_mib} "
-        f"declared (+{used - victim.declared_mib}), the most over its budget",
+        f"{named}{need}; {victim.namespace}/{victim.name} uses {used} MiB of "
+        f"{victim.declared_mib} declared (+{used - victim.declared_mib}), the most over its "
+        "budget",
         free,
         floor,
         victim,
+        card,
+    )
+
+
+def _none_over(unit: _Unit, limits: WatchdogLimits, context: _Context) -> str:
+    if unit.card is None:
+        return "no pod uses more than it declared"
+    unknown = [pod for pod in unit.unassigned if _over_budget(pod, limits, context.terminating)]
+    if not unknown:
+        return "no pod on the card uses more than it declared"
+    return (
+        f"no pod known to be on the card uses more than it declared ({len(unknown)} "
+        "unassigned pod(s) over budget: their card is not known, so none is recycled for this "
+        "one)"
     )
 
 
@@ -309,27 +380,6 @@ def _victim_rank(pod: PodView) -> tuple[int, int, str, str]:
     return (-(used - pod.declared_mib), -used, pod.namespace, pod.name)
 
 
-def _waiting_on_live_vram(
-    pending: Sequence[PendingPod],
-    nodes: Mapping[str, NodeState],
-    settings: ExtenderSettings,
-    now: float,
-) -> dict[str, tuple[PendingPod, ...]]:
-    """node -> the Pending pods that fit on no node they may go to, and that this node
-    refuses for live VRAM (the verdicts `vramguard explain` prints). A pod that fits somewhere
-    now is placed by the scheduler's next try, and recycling anything for it would be for
-    nothing."""
-    waiting: dict[str, list[PendingPod]] = {}
-    for pod in pending:
-        verdicts = judge_nodes(pod, nodes, settings, now)
-        if any(v.verdict == "fits" for v in verdicts):
-            continue
-        for verdict in verdicts:
-            if verdict.refusal is not None and verdict.refusal.kind == "live":
-                waiting.setdefault(verdict.node, []).append(pod)
-    return {name: tuple(pods) for name, pods in waiting.items()}
-
-
 __all__ = [
     "ACTIONS",
     "NONE_REASONS",
@@ -339,6 +389,7 @@ __all__ = [
     "Recycled",
     "WatchdogDecision",
     "WatchdogLimits",
+    "cooldown_key",
     "decide",
     "pod_facts",
 ]

@@ -7,11 +7,17 @@ floor and something needs it, recycle (delete) the pod furthest over its declare
                        [--once] [--metrics-port PORT]
 
 Every --interval seconds: one list of nodes and pods and one telemetry read (the extender's
-own code, ops.readings), the rule of gpumem.watchdog per GPU node, and for each
-node whose decision is not "ok" one log line with the numbers:
+own code, ops.readings), the rule of gpumem.watchdog per GPU node (per card on a node with
+several GPUs and per-card telemetry: the victim is then the pod most over budget among those
+known to hold that card), and for each decision that is not "ok" one log line with the
+numbers:
 
     node=gpu-1 action=recycle reason=over-budget dry_run=true free=400 floor=1024
     pod=immich/immich-ml used=6100 declared=3000 result=dry-run msg="live free 400 MiB < ..."
+
+On a card, the line says which (`node=gpu-2x gpu=1 uuid=GPU-8f3c... action=...`), and its
+message, which the pod's Event repeats, starts with the card (`gpu 1 (GPU-8f3c…): live free
+...`). The cooldown after a recycle is per card there: the VRAM it frees shows on that card.
 
 A dry run (the default, as the seeds shipped it: observe, then enforce) logs the recycles it
 would do and deletes nothing. --dry-run false, or DRY_RUN=false in the environment (the flag

@@ -55,8 +55,9 @@ class Pods(Protocol):
 
 
 class Watchdog:
-    """One cycle at a time: read, decide, act, log. Remembers the last recycle per node for
-    the cooldown (in memory: a restarted watchdog relies on terminating pods instead)."""
+    """One cycle at a time: read, decide, act, log. Remembers the last recycle per node (per
+    card on a node with several) for the cooldown (in memory: a restarted watchdog relies on
+    terminating pods instead)."""
 
     def __init__(
         self,
@@ -160,9 +161,16 @@ class Watchdog:
         self.metrics.recycles.labels(result).inc()
         if result == "error":
             return result, detail  # not remembered: the next cycle tries again
-        self._recycled[decision.node] = Recycled(
-            decision.node, victim.uid, victim.namespace, victim.name, now
+        card = decision.card
+        remembered = Recycled(
+            decision.node,
+            victim.uid,
+            victim.namespace,
+            victim.name,
+            now,
+            None if card is None else card.uuid,
         )
+        self._recycled[remembered.key] = remembered
         if result == "deleted":
             problem = self._pods.record_event(victim, decision.message, now)
             if problem is not None:
@@ -173,8 +181,8 @@ class Watchdog:
 
     def _forget(self, now: float) -> None:
         cooldown = self.options.cooldown_seconds
-        for node in [n for n, r in self._recycled.items() if now - r.at >= cooldown]:
-            del self._recycled[node]
+        for key in [k for k, r in self._recycled.items() if now - r.at >= cooldown]:
+            del self._recycled[key]
 
     def _cannot_tell(self, kind: ErrorKind, message: str) -> int:
         log.warning("cycle_error=%s action=none msg=%s", kind, _q(message))
@@ -187,8 +195,11 @@ def _log_decision(
 ) -> None:
     """One logfmt line per decision: recycles as warnings (errors as errors), other
     decisions that are not "ok" as info, "ok" at debug."""
-    fields: list[tuple[str, object]] = [
-        ("node", decision.node),
+    fields: list[tuple[str, object]] = [("node", decision.node)]
+    card = decision.card
+    if card is not None:  # a node with several cards: which one this is about
+        fields += [("gpu", card.index), ("uuid", card.uuid or "-")]
+    fields += [
         ("action", decision.action),
         ("reason", decision.reason),
         ("dry_run", "true" if dry_run else "false"),
