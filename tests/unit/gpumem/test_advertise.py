@@ -232,3 +232,13 @@ def test_plan_nodes_uses_the_policy_and_sorts() -> None:
 )
 def test_describe(advert: NodeAdvert, line: str) -> None:
     assert advert.describe() == line
+
+
+def test_a_node_with_several_cards_advertises_the_node_total() -> None:
+    # kube-scheduler counts gpumem per node, so the advertised value is the node's total; the
+    # fit rule splits it across the cards (gpumem.cards) and checks each card on its own.
+    advert = plan_node(gpu_node(memory="16384", count="2"), GPUMEM, 1024)
+    assert (advert.action, advert.gpu_count, advert.value_mib) == ("set", 2, 31744)
+    assert advert.describe() == (
+        f"gpu-1: 16384 MiB x 2 GPU - 1024 MiB slack = 31744 MiB {GPUMEM}: set, was unset"
+    )
