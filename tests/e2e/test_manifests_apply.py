@@ -240,7 +240,8 @@ def test_every_object_passes_a_server_side_dry_run(
 ) -> None:
     docs = built[build]
     namespaces = [d for d in docs if d["kind"] == "Namespace"]
-    assert [d["metadata"]["name"] for d in namespaces] == ["vramguard"]
+    # vramguard-node: components/node-agent's, in every overlay.
+    assert [d["metadata"]["name"] for d in namespaces] == ["vramguard", "vramguard-node"]
     for namespace in namespaces:
         served = discovery.resource("v1", "Namespace")
         assert served is not None
@@ -318,7 +319,11 @@ def test_a_pod_security_violation_is_caught(
 ) -> None:
     """A workload whose pods break the restricted standard is stored with a warning only
     (the pods would be refused later, by the ReplicaSet controller): warnings must fail."""
-    (namespace,) = [d for d in built[ALL_COMPONENTS] if d["kind"] == "Namespace"]
+    (namespace,) = [
+        d
+        for d in built[ALL_COMPONENTS]
+        if d["kind"] == "Namespace" and d["metadata"]["name"] == "vramguard"
+    ]
     served_namespace = discovery.resource("v1", "Namespace")
     assert served_namespace is not None
     if request(api, "GET", object_path(namespace, served_namespace)).status != 200:
