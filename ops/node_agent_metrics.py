@@ -156,7 +156,8 @@ class NodeAgentMetrics:
         )
         self.source_up = Gauge(
             PREFIX + "source_up",
-            "1 when the last scan read the source without an error, else 0.",
+            "1 when the last scan read the source without an error, else 0 (kube: 1 while "
+            "the node's pods are known, from the last successful list and the watch since).",
             ["source"],
             registry=r,
         )
