@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 
 from gpumem.nodes import Capacity, NodeFacts
 from gpumem.policy import ExtenderSettings
-from gpumem.state import CardSample, CardState, LiveView, PodView, TelemetryReading
+from gpumem.state import CardSample, CardState, LiveView, NodeState, PodView, TelemetryReading
 
 # "distributed" | "packed": gpumem.policy.ExtenderSettings.allocation_policy.
 AllocationPolicy = str
@@ -66,7 +66,7 @@ def build_cards(
         else view
         for view in views
     )
-    per_card = _card_capacity(capacity, facts, count, settings.capacity_slack_mib)
+    per_card = _card_capacity(capacity, count)
     source = reading.source if reading is not None else ""
     cards = []
     for position in range(count):
@@ -100,17 +100,12 @@ def _card_order(sample: CardSample) -> tuple[int, str, str]:
     return (int(index) if index.isdigit() else 1 << 30, index, sample.uuid)
 
 
-def _card_capacity(
-    capacity: Capacity, facts: NodeFacts | None, count: int, slack_mib: int
-) -> int | None:
-    """A card's capacity: the advertised node gpumem split evenly across the cards, else the
-    card's GFD memory minus the slack (the driver and CUDA contexts take memory on each)."""
+def _card_capacity(capacity: Capacity, count: int) -> int | None:
+    """A card's capacity: the node's (advertised gpumem, else GFD memory x count minus the
+    slack) split evenly across its cards, so that the cards add up to what kube-scheduler
+    counts for the node whichever way the node's capacity is known."""
     if capacity.mib is None:
         return None
-    if capacity.source == "allocatable":
-        return capacity.mib // count
-    if facts is not None and facts.gfd is not None:
-        return max(0, facts.gfd.memory_mib - slack_mib)
     return capacity.mib // count
 
 
@@ -152,3 +147,10 @@ def candidate_cards(
         return tuple(cards)
     fewest = min(card.replicas for card in cards)
     return tuple(card for card in cards if card.replicas <= fewest + ahead)
+
+
+def node_candidates(node: NodeState, policy: AllocationPolicy, now: float) -> tuple[CardState, ...]:
+    """The candidate cards for a new pod on `node`: each of its unassigned pods and active
+    reservations may take a card before this pod does."""
+    reservations = sum(1 for r in node.reservations if r.expires_at > now)
+    return candidate_cards(node.cards, len(node.unassigned) + reservations, policy)

@@ -20,15 +20,14 @@ full rule would.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from gpumem.cards import candidate_cards
-from gpumem.nodestate import idle_budget
+from gpumem.cards import node_candidates
+from gpumem.nodestate import not_yet_in_use
 from gpumem.policy import ExtenderSettings
 from gpumem.relief import NO_CARD_RELIEF, NO_RELIEF, Relief
-from gpumem.state import CardState, LiveView, NodeState, PodView, QuickFit
+from gpumem.state import CardState, LiveView, NodeState, QuickFit
 
 PREFIX = "vramguard: "
 
@@ -261,17 +260,14 @@ def _evaluate_cards(  # noqa: PLR0917 (the node rule's own figures, passed on)
     Evicting victims changes the replica counts the device plugin goes by, so with relief
     every card is a candidate (the safe side)."""
     unassigned = node.unassigned
-    reservations = sum(1 for r in node.reservations if r.expires_at > now)
     if relief is NO_RELIEF:
-        candidates = candidate_cards(
-            node.cards, len(unassigned) + reservations, limits.allocation_policy
-        )
+        candidates = node_candidates(node, limits.allocation_policy, now)
     else:
         candidates = node.cards
     none = relief.by_card.get(None, NO_CARD_RELIEF)
     shared_declared = sum(pod.declared_mib for pod in unassigned) - none.declared_mib
     shared_idle = (
-        _not_yet_in_use(unassigned, node.per_pod_usage, now) + reserved - none.not_yet_using_mib
+        not_yet_in_use(unassigned, node.per_pod_usage, now) + reserved - none.not_yet_using_mib
     )
     context = _CardContext(need, node, limits, now, relief, shared_declared, shared_idle, reserved)
     headroom = node_headroom
@@ -329,19 +325,10 @@ def _evaluate_card(card: CardState, context: _CardContext) -> Evaluation:
     live = card.live
     if live is None or is_stale(live.sampled_at, limits.max_age_seconds, now):
         return _stale(live, limits, now, declared_headroom, subject="card", label=f"{card.label}: ")
-    idle = _not_yet_in_use(card.pods, context.node.per_pod_usage, now) - own.not_yet_using_mib
+    idle = not_yet_in_use(card.pods, context.node.per_pod_usage, now) - own.not_yet_using_mib
     free = live.free_mib + own.live_freed_mib
     prefix = f"{_after(relief)}{card.label}: "
     return _live(need, free, idle + shared_idle, live, limits, now, declared_headroom, prefix)
-
-
-def _not_yet_in_use(pods: Sequence[PodView], per_pod_usage: bool, now: float) -> int:
-    """The budgets of these pods that are not in use yet (gpumem.nodestate.idle_budget)."""
-    total = 0
-    for pod in pods:
-        base, warming = idle_budget(pod, per_pod_usage)
-        total += base + (warming if pod.warming(now) else 0)
-    return total
 
 
 def _shortfall(evaluation: Evaluation) -> int:

@@ -50,7 +50,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Literal, get_args
 
-from gpumem.cards import candidate_cards
+from gpumem.cards import node_candidates
 from gpumem.fit import is_stale, staleness_text
 from gpumem.pending import PendingPod
 from gpumem.policy import ExtenderSettings, Policy
@@ -238,10 +238,7 @@ def _units(
         # One card, or cards without per-card figures: the node-wide rule (module docstring).
         return [_Unit(None, node.live, node.pods, node.pods, waiting, recycled.get(name))]
     unassigned = node.unassigned
-    ahead = len(unassigned) + sum(1 for r in node.reservations if r.expires_at > now)
-    candidates = {
-        c.position for c in candidate_cards(node.cards, ahead, settings.allocation_policy)
-    }
+    candidates = {c.position for c in node_candidates(node, settings.allocation_policy, now)}
     return [
         _Unit(
             card,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from gpumem.cards import candidate_cards
+from gpumem import cards
 from gpumem.explain import NodeVerdict, without_prefix
 from gpumem.fit import Refusal, is_stale, staleness_text
 from gpumem.pending import SchedulingPod
@@ -79,11 +79,8 @@ def card_rows(
 def node_candidates(
     node: NodeState, settings: ExtenderSettings, now: float
 ) -> tuple[CardState, ...]:
-    """The cards the fit rule checks for a new pod on this node: each unassigned pod and
-    active reservation may take a card before it (gpumem.fit._evaluate_cards' arguments)."""
-    reservations = sum(1 for r in node.reservations if r.expires_at > now)
-    ahead = len(node.unassigned) + reservations
-    return candidate_cards(node.cards, ahead, settings.allocation_policy)
+    """The cards the fit rule checks for a new pod on this node (gpumem.cards)."""
+    return cards.node_candidates(node, settings.allocation_policy, now)
 
 
 def refused_card(node: NodeState, refusal: Refusal | None) -> CardState | None:

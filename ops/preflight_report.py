@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from gpumem.fit import is_stale, not_yet_in_use_mib, staleness_text
-from gpumem.nodestate import idle_budget
+from gpumem.nodestate import not_yet_in_use
 from gpumem.state import CardState, LiveView, NodeState, Snapshot
 from ops.common import CANNOT_TELL, NO, OK
 from ops.table import paint
@@ -161,10 +161,9 @@ def _card_line(  # noqa: PLR0917 (as preflight_line)
     stale = _stale_reason(live, max_age_seconds, now)
     if live is None or stale is not None:
         return PreflightLine(card.label, need_mib, floor_mib, stale_reason=stale)
-    idle = node.reserved_mib(now)
-    for pod in (*card.pods, *node.unassigned):
-        base, warming = idle_budget(pod, node.per_pod_usage)
-        idle += base + (warming if pod.warming(now) else 0)
+    idle = node.reserved_mib(now) + not_yet_in_use(
+        (*card.pods, *node.unassigned), node.per_pod_usage, now
+    )
     return PreflightLine(card.label, need_mib, floor_mib, live.free_mib, idle)
 
 

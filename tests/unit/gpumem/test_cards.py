@@ -25,7 +25,7 @@ from tests.unit.extender.factories import (
 )
 
 NODE = "gpu-2x"
-TWO_T4 = {"gfd_memory_mib": 16384, "gfd_count": 2}  # capacity per card: 16384 - 1024 slack
+TWO_T4 = {"gfd_memory_mib": 16384, "gfd_count": 2}  # per card: (2 x 16384 - 1024 slack) / 2
 
 
 def node_state(
@@ -61,7 +61,7 @@ def refusal_of(state: NodeState, need: int, **settings: Any) -> str | None:
 def test_two_cards_with_6000_free_each_do_not_add_up_to_a_10000_mib_pod() -> None:
     # The new user: the node has 12000 MiB free in all, no card has 10000.
     state = node_state([], [6000, 6000])
-    assert [card.capacity_mib for card in state.cards] == [15360, 15360]
+    assert [card.capacity_mib for card in state.cards] == [15872, 15872]
     assert refusal_of(state, 10000) == (
         f"vramguard: {label(0)}: live free 6000 MiB < need 10000 + floor 512 MiB (dcgm, 8s old)"
     )
@@ -96,7 +96,7 @@ def test_an_unassigned_pod_widens_the_candidates_and_counts_on_every_card() -> N
     state = node_state(pods, [9000, 9000])
     assert [pod.name for pod in state.unassigned] == ["d"]
     assert refusal_of(state, 9000) == (
-        f"vramguard: {label(0)}: declared 6000 + unassigned 4000 + 9000 > capacity 15360 MiB"
+        f"vramguard: {label(0)}: declared 6000 + unassigned 4000 + 9000 > capacity 15872 MiB"
     )
     assert refusal_of(state, 5000) is None
 
@@ -106,7 +106,7 @@ def test_a_pod_bigger_than_every_card_is_unresolvable() -> None:
     assert fit.refusal is not None
     assert (fit.refusal.kind, fit.refusal.resolvable) == ("too-big", False)
     assert fit.refusal.message == (
-        f"vramguard: need 16000 > capacity 15360 MiB of the largest card ({label(0)})"
+        f"vramguard: need 16000 > capacity 15872 MiB of the largest card ({label(0)})"
     )
 
 
@@ -200,7 +200,7 @@ def test_preemption_is_vetted_on_every_card() -> None:
 )
 def test_candidate_cards(replicas: list[int], ahead: int, policy: str, expected: list[int]) -> None:
     cards = [
-        CardState(i, str(i), f"GPU-{i}", 15360, 16384, None, pods=(object(),) * n)  # type: ignore[arg-type]
+        CardState(i, str(i), f"GPU-{i}", 15872, 16384, None, pods=(object(),) * n)  # type: ignore[arg-type]
         for i, n in enumerate(replicas)
     ]
     assert [card.position for card in candidate_cards(cards, ahead, policy)] == expected
