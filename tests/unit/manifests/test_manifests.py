@@ -52,6 +52,8 @@ ALERTS = {
     "VRAMGuardPodOverBudget",
     "VRAMGuardWatchdogDown",
     "VRAMGuardWatchdogRecycled",
+    "VRAMGuardNodeAgentDown",
+    "VRAMGuardNodeAgentSourceFailing",
 }
 # Verbs that hand out more than they name: a role with them can grant itself anything.
 ESCALATING_VERBS = {"*", "escalate", "bind", "impersonate"}
