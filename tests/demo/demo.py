@@ -4,7 +4,7 @@
 On a fresh machine it first builds what it needs (the Kubernetes binaries with
 tests/e2e/controlplane/build.sh, Prometheus with tests/e2e/install-deps.sh), then starts
 etcd, kube-apiserver, kube-scheduler, Prometheus with a fake GPU exporter, the vramguard
-webhook and extender and the vramguard-scheduler, all on 127.0.0.1, plays two scenes, and
+webhook and extender and the vramguard-scheduler, all on 127.0.0.1, plays three scenes, and
 stops everything again, on Ctrl-C too.
 
     .venv/bin/python -m tests.demo.demo [--hold]
@@ -19,7 +19,7 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -45,6 +45,7 @@ from tests.e2e.harness import (  # noqa: E402 - needs the repository root on sys
     wait_for_unschedulable_message,
 )
 from tests.e2e.harness.binaries import BUILD_SCRIPT  # noqa: E402
+from tests.e2e.harness.gpu_exporter import CardReading  # noqa: E402
 from tests.e2e.harness.pods import declared_gpumem  # noqa: E402
 from tests.e2e.harness.tenants import (  # noqa: E402
     SEEDS,
@@ -59,6 +60,8 @@ CARD_MIB = 15360  # a 16 GiB Tesla T4 as GPU Feature Discovery reports it
 ADVERTISED_MIB = 14000  # what the node advertises as vramguard.io/gpumem
 DRIVER_MIB = 300  # the driver and CUDA contexts
 ARENA_MIB = round(10.7e9 / (1 << 20))  # llama.cpp's arena with a big model: 10.7 GB
+TWO_CARD_MIB = 16384  # scene 3: a node with two 16 GiB GPUs
+TWO_CARD_CAPACITY_MIB = 15360  # what each of its cards holds in budgets (advertised: 2x this)
 
 
 class Demo:
@@ -75,6 +78,7 @@ class Demo:
     def play(self) -> None:
         self.seeds_cluster()
         self.live_vram()
+        self.two_cards()
 
     # -- scene 1 -------------------------------------------------------------------------
 
@@ -155,6 +159,102 @@ class Demo:
         card.set_usage(newcomer.pod, newcomer.uses_mib)
         self.show()
 
+    # -- scene 3 -------------------------------------------------------------------------
+
+    def two_cards(self) -> None:
+        title("Scene 3: two GPUs are not one big one")
+        node = "node-c"
+        namespace = self.make_namespace("training")
+        self.vramguard.add_namespaces({namespace: {"maxGpumemMiB": TWO_CARD_CAPACITY_MIB}})
+        spec = GPUNodeSpec(
+            name=node,
+            gpu_count=2,
+            gpu_replicas=8,
+            gpu_memory_mib=TWO_CARD_MIB,
+            gpumem_mib=2 * TWO_CARD_CAPACITY_MIB,
+        )
+        create_gpu_node(self.core, spec)
+        busy = CardReading(TWO_CARD_MIB, TWO_CARD_MIB - 6000)
+        self.set_cards(node, [busy, busy])
+        say(
+            f"node-c has two {TWO_CARD_MIB} MiB GPUs, each with 6000 MiB free: 12000 MiB in "
+            "all. But a time-sliced pod runs on one card, and the device plugin picks which "
+            "one only after the pod is placed, so vramguard checks every card it could get."
+        )
+        self.show_cards(node, namespace, [])
+
+        say(
+            "trainer asks for 10000 MiB. The node's sum would take it; neither card can, so it "
+            "stays Pending, and the reason names the card:"
+        )
+        self.core.create_namespaced_pod(
+            namespace,
+            gpu_pod("trainer", namespace=namespace, node_name_selector=node, gpumem_mib=10000),
+        )
+        wait_for_unschedulable_message(self.core, namespace, "trainer", "vramguard:")
+        wait_for_pod_event(self.core, namespace, "trainer", "GPUMemoryUnavailable")
+        self.show_cards(node, namespace, ["trainer"])
+
+        say(
+            "notebook asks for 5000 MiB: it fits whichever card the device plugin gives it, and "
+            "is placed. Until the node agent says which card it got, its budget counts against "
+            "both (the unassigned row)."
+        )
+        self.core.create_namespaced_pod(
+            namespace,
+            gpu_pod("notebook", namespace=namespace, node_name_selector=node, gpumem_mib=5000),
+        )
+        wait_for_pod_node(self.core, namespace, "notebook")
+        self.vramguard.wait_for_node(
+            node, check=lambda state: state["declaredMiB"] == 5000, what="with 5000 MiB declared"
+        )
+        self.show_cards(node, namespace, ["trainer", "notebook"])
+
+    def set_cards(self, node: str, cards: Sequence[CardReading]) -> None:
+        """Make the exporter report the node's cards; wait until the extender sees them."""
+        self.vramguard.exporter.set_cards(node, cards)
+        free = [card.free_mib for card in cards]
+        self.vramguard.wait_for_node(
+            node,
+            check=lambda state: [c["liveFreeMiB"] for c in state.get("cards") or []] == free,
+            what=f"with cards free {free}",
+        )
+
+    def show_cards(self, node: str, namespace: str, pods: Sequence[str]) -> None:
+        """The scene's pods in the order they came, then a row per card of the node (and the
+        budgets of its pods whose card is not known yet)."""
+        rows = sorted(
+            (row for row in self.pod_rows([namespace]) if row[1] in pods),
+            key=lambda row: pods.index(row[1]),
+        )
+        if rows:
+            print_table(
+                ["NAMESPACE", "POD", "CLASS", "GPUMEM", "NODE / PENDING REASON"],
+                rows,
+                numeric={3},
+            )
+        state = self.vramguard.extender_node(node) or {}
+        cards = state.get("cards") or []
+        table = [
+            [
+                f"{node}/gpu {card['index']}",
+                mib(card.get("totalMiB")),
+                mib(card.get("capacityMiB")),
+                mib(card.get("declaredMiB")),
+                mib(card.get("liveUsedMiB")),
+                mib(card.get("liveFreeMiB")),
+            ]
+            for card in cards
+        ]
+        unassigned = int(state.get("declaredMiB") or 0) - sum(c["declaredMiB"] for c in cards)
+        if unassigned:
+            table.append([f"{node}/unassigned", "", "", mib(unassigned), "", ""])
+        print_table(
+            ["NODE / GPU", "CARD", "CAPACITY", "DECLARED", "LIVE USED", "FREE"],
+            table,
+            numeric={1, 2, 3, 4, 5},
+        )
+
     # -- helpers -------------------------------------------------------------------------
 
     def make_namespace(self, name: str) -> str:
@@ -195,8 +295,10 @@ class Demo:
             numeric={1, 2, 3, 4, 5},
         )
 
-    def pod_rows(self) -> Iterator[list[str]]:
-        for namespace in dict.fromkeys(self.namespaces.values()):
+    def pod_rows(self, namespaces: Iterable[str] | None = None) -> Iterator[list[str]]:
+        if namespaces is None:
+            namespaces = self.namespaces.values()
+        for namespace in dict.fromkeys(namespaces):
             pods = self.core.list_namespaced_pod(namespace).items
             for pod in sorted(pods, key=lambda p: p.metadata.creation_timestamp):
                 where = pod.spec.node_name or "Pending: " + self.pending_reason(pod)
