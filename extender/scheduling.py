@@ -14,7 +14,14 @@ from dataclasses import dataclass, field
 
 from extender.models import MAX_EXTENDER_PRIORITY, MIN_EXTENDER_PRIORITY
 from gpumem.demand import PodDemand
-from gpumem.fit import Limits, RefusalKind, check_node, evaluate, quick_headroom
+from gpumem.fit import (
+    Limits,
+    RefusalKind,
+    cards_quick_headroom,
+    check_node,
+    evaluate,
+    quick_headroom,
+)
 from gpumem.policy import ExtenderSettings
 from gpumem.relief import NO_RELIEF, victims_relief
 from gpumem.state import Snapshot
@@ -62,9 +69,16 @@ def filter_nodes(
     floor, max_age = limits.floor_mib, limits.max_age_seconds
     for name in candidates:
         node = nodes.get(name)
-        # The fast path where it applies (gpumem.fit.quick_headroom), else the full rule.
+        # The fast paths where they apply (gpumem.fit.quick_headroom on a one-card node,
+        # cards_quick_headroom on one with several), else the full rule.
         quick = node.quick if node is not None else None
-        if quick is not None and quick_headroom(quick, need, floor, max_age, now) is not None:
+        if quick is not None:
+            fast = quick_headroom(quick, need, floor, max_age, now)
+        elif node is not None and node.quick_cards is not None:
+            fast = cards_quick_headroom(node.quick_cards, need, floor, max_age, now)
+        else:
+            fast = None
+        if fast is not None:
             passed.append(name)
             continue
         refusal, _, skipped = evaluate(need, node, limits, now, NO_RELIEF)
@@ -101,11 +115,14 @@ def score_nodes(
     for name in candidates:
         node = nodes.get(name)
         quick = node.quick if node is not None else None
-        if quick is not None:  # the fast path, as in filter_nodes
+        headroom = None  # the fast paths, as in filter_nodes
+        if quick is not None:
             headroom = quick_headroom(quick, need, floor, max_age, now)
-            if headroom is not None:
-                headrooms.append(headroom)
-                continue
+        elif node is not None and node.quick_cards is not None:
+            headroom = cards_quick_headroom(node.quick_cards, need, floor, max_age, now)
+        if headroom is not None:
+            headrooms.append(headroom)
+            continue
         refusal, room, _ = evaluate(need, node, limits, now, NO_RELIEF)
         headrooms.append(None if refusal is not None else max(0, room))
     largest = max((h for h in headrooms if h is not None), default=0)

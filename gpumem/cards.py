@@ -24,11 +24,20 @@ many, tight once the assignments are known. A node with one card has no CardStat
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
+from gpumem.idle import idle_parts
 from gpumem.nodes import Capacity, NodeFacts
 from gpumem.policy import ExtenderSettings
-from gpumem.state import CardSample, CardState, LiveView, NodeState, PodView, TelemetryReading
+from gpumem.state import (
+    CardSample,
+    CardState,
+    LiveView,
+    NodeState,
+    PodGroup,
+    PodView,
+    TelemetryReading,
+)
 
 # "distributed" | "packed": gpumem.policy.ExtenderSettings.allocation_policy.
 AllocationPolicy = str
@@ -45,9 +54,10 @@ def build_cards(
     reading: TelemetryReading | None,
     views: Sequence[PodView],
     settings: ExtenderSettings,
-) -> tuple[tuple[CardState, ...], tuple[PodView, ...]]:
-    """The node's cards, and its pods with their card where a source said which, or no cards
-    (and the pods as they are) when the node has one card or none.
+) -> tuple[tuple[CardState, ...], tuple[PodView, ...], PodGroup | None]:
+    """The node's cards, its pods with their card where a source said which, and the pods no
+    card is known to hold; or no cards (the pods as they are, None) when the node has one
+    card or none.
 
     Cards come from per-GPU telemetry (by UUID); GPU Feature Discovery's count adds cards the
     telemetry does not show (their live figures unknown), and alone gives cards without UUID,
@@ -57,7 +67,7 @@ def build_cards(
     counted = gfd.count if gfd is not None and gfd.count is not None else 1
     count = max(len(samples), counted if gfd is not None else 0)
     if count <= 1:
-        return (), tuple(views)
+        return (), tuple(views), None
     uuids = {sample.uuid for sample in samples}
     pod_cards = reading.pod_cards if reading is not None else {}
     assigned = tuple(
@@ -66,6 +76,7 @@ def build_cards(
         else view
         for view in views
     )
+    per_pod_usage = reading is not None and reading.pod_used is not None
     per_card = _card_capacity(capacity, count)
     source = reading.source if reading is not None else ""
     cards = []
@@ -82,10 +93,21 @@ def build_cards(
                 capacity_mib=per_card,
                 total_mib=total,
                 live=_card_live(sample, total, source),
-                pods=tuple(view for view in assigned if uuid is not None and view.card == uuid),
+                group=pod_group(
+                    (view for view in assigned if uuid is not None and view.card == uuid),
+                    per_pod_usage,
+                ),
             )
         )
-    return tuple(cards), assigned
+    unassigned = pod_group((view for view in assigned if view.card is None), per_pod_usage)
+    return tuple(cards), assigned, unassigned
+
+
+def pod_group(pods: Iterable[PodView], per_pod_usage: bool) -> PodGroup:
+    """Pods with their declared and not-yet-used sums (PodGroup)."""
+    members = tuple(pods)
+    base, warming = idle_parts(members, per_pod_usage)
+    return PodGroup(members, sum(pod.declared_mib for pod in members), base, tuple(warming))
 
 
 def _card_samples(name: str, reading: TelemetryReading | None) -> list[CardSample]:

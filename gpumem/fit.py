@@ -5,7 +5,7 @@ caller passes the time. Per node, in MiB, with C the node's capacity:
 
 - declared: sum(declared of pods on node) + sum(reservations) + need <= C
 - live: free_live - not_yet_in_use >= need + floor, where not_yet_in_use is the budget of pods
-  that have not allocated their VRAM yet (see gpumem.nodestate.idle_budget) plus reservations.
+  that have not allocated their VRAM yet (see gpumem.idle.idle_budget) plus reservations.
 - telemetry stale (older than maxAgeSeconds: is_stale) or missing: staleMode budget-only skips
   the live check, deny refuses.
 
@@ -20,14 +20,14 @@ full rule would.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 from gpumem.cards import node_candidates
-from gpumem.nodestate import not_yet_in_use
 from gpumem.policy import ExtenderSettings
 from gpumem.relief import NO_CARD_RELIEF, NO_RELIEF, Relief
-from gpumem.state import CardState, LiveView, NodeState, QuickFit
+from gpumem.state import NO_PODS, CardState, LiveView, NodeState, QuickFit
 
 PREFIX = "vramguard: "
 
@@ -140,6 +140,22 @@ def quick_headroom(
     ):
         return min(room - need, live_room)
     return None
+
+
+def cards_quick_headroom(
+    quick_cards: Sequence[QuickFit], need: int, floor_mib: int, max_age_seconds: float, now: float
+) -> int | None:
+    """The fast path on a node with several cards (NodeState.quick_cards): the tightest
+    candidate card's headroom where every candidate takes the fast path; None means "ask the
+    full rule", as for quick_headroom."""
+    tightest: int | None = None
+    for quick in quick_cards:
+        headroom = quick_headroom(quick, need, floor_mib, max_age_seconds, now)
+        if headroom is None:
+            return None
+        if tightest is None or headroom < tightest:
+            tightest = headroom
+    return tightest
 
 
 # --- The rule ---------------------------------------------------------------------------------
@@ -259,16 +275,14 @@ def _evaluate_cards(  # noqa: PLR0917 (the node rule's own figures, passed on)
 
     Evicting victims changes the replica counts the device plugin goes by, so with relief
     every card is a candidate (the safe side)."""
-    unassigned = node.unassigned
     if relief is NO_RELIEF:
         candidates = node_candidates(node, limits.allocation_policy, now)
     else:
         candidates = node.cards
     none = relief.by_card.get(None, NO_CARD_RELIEF)
-    shared_declared = sum(pod.declared_mib for pod in unassigned) - none.declared_mib
-    shared_idle = (
-        not_yet_in_use(unassigned, node.per_pod_usage, now) + reserved - none.not_yet_using_mib
-    )
+    unassigned = node.unassigned_group or NO_PODS
+    shared_declared = unassigned.declared_mib - none.declared_mib
+    shared_idle = unassigned.not_yet_using_mib(now) + reserved - none.not_yet_using_mib
     context = _CardContext(need, node, limits, now, relief, shared_declared, shared_idle, reserved)
     headroom = node_headroom
     skipped = False
@@ -325,7 +339,7 @@ def _evaluate_card(card: CardState, context: _CardContext) -> Evaluation:
     live = card.live
     if live is None or is_stale(live.sampled_at, limits.max_age_seconds, now):
         return _stale(live, limits, now, declared_headroom, subject="card", label=f"{card.label}: ")
-    idle = not_yet_in_use(card.pods, context.node.per_pod_usage, now) - own.not_yet_using_mib
+    idle = card.not_yet_using_mib(now) - own.not_yet_using_mib
     free = live.free_mib + own.live_freed_mib
     prefix = f"{_after(relief)}{card.label}: "
     return _live(need, free, idle + shared_idle, live, limits, now, declared_headroom, prefix)

@@ -10,14 +10,17 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
-from gpumem.cards import build_cards
+from gpumem.cards import build_cards, candidate_cards
+from gpumem.idle import idle_budget, idle_window
 from gpumem.nodes import Capacity, NodeFacts, node_capacity
 from gpumem.pods import PodRecord
 from gpumem.policy import ExtenderSettings, Policy
 from gpumem.state import (
     NO_LABELS,
+    CardState,
     LiveView,
     NodeState,
+    PodGroup,
     PodView,
     QuickFit,
     Reservation,
@@ -66,8 +69,8 @@ def build_node_state(
             idle_warming.append((view.warm_until, warming))
     live = live_view(name, capacity, reading, pods_used, settings)
     reserved = tuple(reservations)
-    window = _idle_window(idle_base, idle_warming, built_at)
-    cards, pod_views = build_cards(
+    window = idle_window(idle_base, idle_warming, built_at)
+    cards, pod_views, unassigned = build_cards(
         name, facts=facts, capacity=capacity, reading=reading, views=views, settings=settings
     )
     quick = None
@@ -80,6 +83,11 @@ def build_node_state(
         and not cards
     ):
         quick = QuickFit(capacity.mib - declared_mib, live.free_mib, live.sampled_at, *window)
+    quick_cards = None
+    if unassigned is not None and facts is not None and capacity.mib is not None and not reserved:
+        quick_cards = _quick_cards(
+            cards, unassigned, capacity.mib - declared_mib, settings, built_at
+        )
     return NodeState(
         name=name,
         known=facts is not None,
@@ -95,44 +103,30 @@ def build_node_state(
         quick=quick,
         labels=facts.labels if facts is not None else NO_LABELS,
         cards=cards,
+        quick_cards=quick_cards,
+        unassigned_group=unassigned,
     )
 
 
-def _idle_window(
-    base: int, warming: list[tuple[float, int]], at: float
-) -> tuple[float, float, int]:
-    """The span around `at` in which the set of warming pods does not change, and the
-    not-yet-using MiB within it."""
-    start = max((until for until, _ in warming if until <= at), default=-math.inf)
-    end = min((until for until, _ in warming if until > at), default=math.inf)
-    return start, end, base + sum(mib for until, mib in warming if until > at)
-
-
-def idle_budget(pod: PodView, per_pod_usage: bool) -> tuple[int, int]:
-    """How much of a pod's budget is not in use yet: (MiB at any time, MiB while warming up).
-
-    A pod that has not allocated its VRAM yet does not show in the live free figure, so the
-    live check subtracts its budget. With per-pod usage, a pod absent from it is not using
-    anything at any age; a warming pod that is present counts only declared - used, because
-    the part it already allocated is already missing from free VRAM and subtracting its whole
-    budget would count that part twice. Without per-pod usage only the warm-up window says
-    whether a pod has allocated yet.
-    """
-    if not per_pod_usage:
-        return 0, pod.declared_mib
-    if pod.used_mib is None:
-        return pod.declared_mib, 0
-    return 0, max(0, pod.declared_mib - pod.used_mib)
-
-
-def not_yet_in_use(pods: Iterable[PodView], per_pod_usage: bool, now: float) -> int:
-    """The budgets of these pods that are not in use yet at `now` (idle_budget), for the card
-    rule, which sums them per card rather than per node."""
-    total = 0
-    for pod in pods:
-        base, warming = idle_budget(pod, per_pod_usage)
-        total += base + (warming if pod.warming(now) else 0)
-    return total
+def _quick_cards(
+    cards: tuple[CardState, ...],
+    unassigned: PodGroup,
+    node_room_mib: int,
+    settings: ExtenderSettings,
+    built_at: float,
+) -> tuple[QuickFit, ...] | None:
+    """The card rule's figures for the fast path (NodeState.quick_cards), or None."""
+    quick = []
+    for card in candidate_cards(cards, len(unassigned.pods), settings.allocation_policy):
+        live = card.live
+        if live is None or card.capacity_mib is None:
+            return None
+        room = min(card.capacity_mib - card.declared_mib - unassigned.declared_mib, node_room_mib)
+        warming = [*card.group.idle_warming, *unassigned.idle_warming]
+        base = card.group.idle_base_mib + unassigned.idle_base_mib
+        window = idle_window(base, warming, built_at)
+        quick.append(QuickFit(room, live.free_mib, live.sampled_at, *window))
+    return tuple(quick)
 
 
 def live_view(

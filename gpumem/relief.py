@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from gpumem.nodestate import idle_budget
+from gpumem.idle import idle_budget
 from gpumem.state import NodeState
 
 

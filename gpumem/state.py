@@ -119,6 +119,25 @@ class LiveView:
 
 
 @dataclass(frozen=True, slots=True)
+class PodGroup:
+    """Pods counted together by the card rule (a card's, or a node's unassigned ones), with
+    their sums made once when the state is built: declared MiB, and how much of it is not in
+    use yet (as NodeState's idle_base and idle_warming, for these pods)."""
+
+    pods: tuple[PodView, ...] = ()
+    declared_mib: int = 0
+    idle_base_mib: int = 0
+    idle_warming: tuple[tuple[float, int], ...] = ()
+
+    def not_yet_using_mib(self, now: float) -> int:
+        """The budgets of these pods not in use yet (gpumem.idle.idle_budget)."""
+        return self.idle_base_mib + sum(mib for until, mib in self.idle_warming if now < until)
+
+
+NO_PODS = PodGroup()
+
+
+@dataclass(frozen=True, slots=True)
 class CardState:
     """One card of a node with several: what the card rule (gpumem.cards) judges."""
 
@@ -132,11 +151,18 @@ class CardState:
     total_mib: int | None
     live: LiveView | None
     # The pods known to hold this card (PodView.card is this card's UUID).
-    pods: tuple[PodView, ...] = ()
+    group: PodGroup = NO_PODS
+
+    @property
+    def pods(self) -> tuple[PodView, ...]:
+        return self.group.pods
 
     @property
     def declared_mib(self) -> int:
-        return sum(pod.declared_mib for pod in self.pods)
+        return self.group.declared_mib
+
+    def not_yet_using_mib(self, now: float) -> int:
+        return self.group.not_yet_using_mib(now)
 
     @property
     def replicas(self) -> int:
@@ -192,10 +218,19 @@ class NodeState:
     # the card the device plugin may give the pod. Empty on a one-card node, whose card is the
     # node: the node-wide rule is exact there.
     cards: tuple[CardState, ...] = ()
+    # The fast path on a node with several cards: one QuickFit per candidate card, its room
+    # the tighter of the card's (less the unassigned pods' budgets) and the node's, its idle
+    # MiB the card's pods' and the unassigned pods'. None where the full rule must decide
+    # (reservations, a candidate card without live figures).
+    quick_cards: tuple[QuickFit, ...] | None = None
+    # On a node with several cards, the pods whose card is not known.
+    unassigned_group: PodGroup | None = None
 
     @property
     def unassigned(self) -> tuple[PodView, ...]:
         """The node's pods whose card is not known (all of them on a one-card node)."""
+        if self.unassigned_group is not None:
+            return self.unassigned_group.pods
         return tuple(pod for pod in self.pods if pod.card is None)
 
     def reserved_mib(self, now: float) -> int:

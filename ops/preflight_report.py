@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from gpumem.fit import is_stale, not_yet_in_use_mib, staleness_text
-from gpumem.nodestate import not_yet_in_use
+from gpumem.idle import not_yet_in_use
 from gpumem.state import CardState, LiveView, NodeState, Snapshot
 from ops.common import CANNOT_TELL, NO, OK
 from ops.table import paint

@@ -3,16 +3,20 @@ card the device plugin could give it has room."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
+from types import MappingProxyType
 from typing import Any
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
-from extender.scheduling import score_nodes, vet_preemption
+from extender.scheduling import filter_nodes, score_nodes, vet_preemption
 from gpumem.cards import candidate_cards
 from gpumem.demand import PodDemand
 from gpumem.fit import check_node
-from gpumem.state import CardState, NodeState
+from gpumem.state import CardState, NodeState, PodGroup
 from tests.unit.extender.factories import (
     NOW,
     card_uuid,
@@ -200,7 +204,102 @@ def test_preemption_is_vetted_on_every_card() -> None:
 )
 def test_candidate_cards(replicas: list[int], ahead: int, policy: str, expected: list[int]) -> None:
     cards = [
-        CardState(i, str(i), f"GPU-{i}", 15872, 16384, None, pods=(object(),) * n)  # type: ignore[arg-type]
+        CardState(i, str(i), f"GPU-{i}", 15872, 16384, None, PodGroup((object(),) * n))  # type: ignore[arg-type]
         for i, n in enumerate(replicas)
     ]
     assert [card.position for card in candidate_cards(cards, ahead, policy)] == expected
+
+
+# --- the fast path on several cards agrees with the full rule -----------------------------------
+
+card_node_setups = st.fixed_dictionaries(
+    {
+        # Up to more than a card holds, so that budgets, not free VRAM, often decide.
+        "free": st.lists(st.integers(0, 24000), min_size=2, max_size=4),
+        # (declared MiB, started seconds before NOW or None, card index or None)
+        "pods": st.lists(
+            st.tuples(
+                st.integers(0, 8000),
+                # Not started, warming up, or long past its warm-up (using its budget).
+                st.one_of(st.none(), st.integers(-400, 0), st.just(-3600)),
+                st.one_of(st.none(), st.integers(0, 3)),
+            ),
+            max_size=5,
+        ),
+        "age": st.integers(0, 200),
+        "advertised": st.one_of(st.none(), st.integers(0, 60000)),
+    }
+)
+
+
+# Budgets decide, with an unassigned pod past its warm-up: its budget counts on every card.
+@example(
+    setups=[{"free": [24000, 24000], "pods": [(8000, -3600, None)], "age": 0, "advertised": None}],
+    need=10000,
+    later=0,
+    extender={
+        "floorMiB": 512,
+        "staleMode": "budget-only",
+        "maxAgeSeconds": 60,
+        "warmupSeconds": 0,
+        "allocationPolicy": "distributed",
+    },
+)
+@settings(max_examples=300, deadline=None)
+@given(
+    setups=st.lists(card_node_setups, min_size=1, max_size=4),
+    need=st.integers(1, 16000),
+    later=st.integers(-100, 400),
+    extender=st.fixed_dictionaries(
+        {
+            "floorMiB": st.integers(0, 2000),
+            "staleMode": st.sampled_from(["budget-only", "deny"]),
+            "maxAgeSeconds": st.integers(1, 120),
+            "warmupSeconds": st.integers(0, 300),
+            "allocationPolicy": st.sampled_from(["distributed", "packed"]),
+        }
+    ),
+)
+def test_the_card_fast_path_agrees_with_the_full_rule(
+    setups: list[dict[str, Any]], need: int, later: int, extender: dict[str, Any]
+) -> None:
+    policy = make_policy(**extender)
+    store = make_store(policy, [], [])
+    for n, setup in enumerate(setups):
+        name = f"n{n}"
+        count = len(setup["free"])
+        node = make_node(
+            name, allocatable_mib=setup["advertised"], gfd_memory_mib=16384, gfd_count=count
+        )
+        pods = []
+        for p, (mib, started, _) in enumerate(setup["pods"]):
+            started_at = None if started is None else NOW + started
+            pods.append(make_pod(f"{name}-{p}", mib, node=name, started_at=started_at))
+        store.apply_node_event("ADDED", node)
+        for pod in pods:
+            store.apply_pod_event("ADDED", pod)
+    # One reading for all nodes: the store keeps the last one.
+    free = {f"n{n}": setup["free"] for n, setup in enumerate(setups)}
+    assigned_all = {
+        ("team-a", f"n{n}-{p}"): (f"n{n}", card)
+        for n, setup in enumerate(setups)
+        for p, (_, _, card) in enumerate(setup["pods"])
+        if card is not None and card < len(setup["free"])
+    }
+    store.apply_telemetry(cards_reading(free, age=setups[0]["age"], pod_cards=assigned_all))
+    fast = store.snapshot()
+    slow = dataclasses.replace(
+        fast,
+        nodes=MappingProxyType(
+            {k: dataclasses.replace(v, quick_cards=None) for k, v in fast.nodes.items()}
+        ),
+    )
+    names = [f"n{n}" for n in range(len(setups))]
+    now = NOW + later
+    pod_demand = PodDemand(is_gpu=True, declared_mib=need, containers=())
+    assert filter_nodes(pod_demand, names, fast, policy.extender, now) == filter_nodes(
+        pod_demand, names, slow, policy.extender, now
+    )
+    assert score_nodes(pod_demand, names, fast, policy.extender, now) == score_nodes(
+        pod_demand, names, slow, policy.extender, now
+    )
