@@ -77,14 +77,16 @@ def build_cards(
         for view in views
     )
     per_pod_usage = reading is not None and reading.pod_used is not None
-    per_card = _card_capacity(capacity, count)
+    share = capacity.mib // count if capacity.mib is not None else None
     source = reading.source if reading is not None else ""
+    indices = _indices(samples, count)
     cards = []
     for position in range(count):
         sample = samples[position] if position < len(samples) else None
         total = _card_total(sample, facts)
         uuid = sample.uuid if sample is not None else None
-        index = sample.index if sample is not None and sample.index else str(position)
+        index = indices[position]
+        per_card = _card_capacity(share, facts, sample, settings.capacity_slack_mib)
         cards.append(
             CardState(
                 position=position,
@@ -122,23 +124,53 @@ def _card_order(sample: CardSample) -> tuple[int, str, str]:
     return (int(index) if index.isdigit() else 1 << 30, index, sample.uuid)
 
 
-def _card_capacity(capacity: Capacity, count: int) -> int | None:
-    """A card's capacity: the node's (advertised gpumem, else GFD memory x count minus the
-    slack) split evenly across its cards, so that the cards add up to what kube-scheduler
-    counts for the node whichever way the node's capacity is known."""
-    if capacity.mib is None:
+def _card_capacity(
+    share: int | None, facts: NodeFacts | None, sample: CardSample | None, slack_mib: int
+) -> int | None:
+    """A card's capacity: its share of the node's (advertised gpumem, else GFD memory x count
+    minus the slack), but never more than one card's GFD memory minus the slack (the driver
+    and CUDA contexts take that on every card, so a node-wide slack spread thin must not
+    count) nor than the memory the card's own telemetry reports (cards of different sizes)."""
+    if share is None:
         return None
-    return capacity.mib // count
+    bounds = [share]
+    if facts is not None and facts.gfd is not None:
+        bounds.append(facts.gfd.memory_mib - slack_mib)
+    reported = _reported_total(sample)
+    if reported is not None:
+        bounds.append(reported)
+    return max(0, min(bounds))
+
+
+def _indices(samples: Sequence[CardSample], count: int) -> list[str]:
+    """The cards' index labels: the exporter's, else the lowest number no other card has (a
+    card that GFD counts but the telemetry does not show must not pass for another)."""
+    taken = {sample.index for sample in samples if sample.index}
+    indices = []
+    spare = (str(n) for n in range(count + len(taken)) if str(n) not in taken)
+    for position in range(count):
+        sample = samples[position] if position < len(samples) else None
+        indices.append(sample.index if sample is not None and sample.index else next(spare))
+    return indices
 
 
 def _card_total(sample: CardSample | None, facts: NodeFacts | None) -> int | None:
-    if sample is not None:
-        if sample.total is not None:
-            return sample.total.mib
-        if sample.free is not None and sample.used is not None:
-            return sample.free.mib + sample.used.mib
+    """A card's memory: what its telemetry reports, else its GFD memory."""
+    reported = _reported_total(sample)
+    if reported is not None:
+        return reported
     if facts is not None and facts.gfd is not None:
         return facts.gfd.memory_mib
+    return None
+
+
+def _reported_total(sample: CardSample | None) -> int | None:
+    if sample is None:
+        return None
+    if sample.total is not None:
+        return sample.total.mib
+    if sample.free is not None and sample.used is not None:
+        return sample.free.mib + sample.used.mib
     return None
 
 

@@ -202,7 +202,12 @@ def evaluate(
         )
 
     if node.cards:
-        return _evaluate_cards(need, node, limits, now, relief, declared_headroom, reserved)
+        outcome = _evaluate_cards(need, node, limits, now, relief, declared_headroom, reserved)
+        if outcome[0] is not None or node.cards_live:
+            return outcome
+        # No card has live figures of its own: the cards were judged on their budgets, and
+        # the node-wide live check follows (necessary, if not sufficient, on several cards).
+        declared_headroom = outcome[1]
     live = node.live
     if live is None or is_stale(live.sampled_at, limits.max_age_seconds, now):
         return _stale(live, limits, now, declared_headroom, subject="node", label="")
@@ -336,6 +341,8 @@ def _evaluate_card(card: CardState, context: _CardContext) -> Evaluation:
             True,
             -declared_headroom,
         )
+    if not context.node.cards_live:
+        return None, declared_headroom, False
     live = card.live
     if live is None or is_stale(live.sampled_at, limits.max_age_seconds, now):
         return _stale(live, limits, now, declared_headroom, subject="card", label=f"{card.label}: ")

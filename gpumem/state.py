@@ -227,6 +227,11 @@ class NodeState:
     unassigned_group: PodGroup | None = None
 
     @property
+    def cards_live(self) -> bool:
+        """Whether some card has live figures of its own (per-GPU telemetry)."""
+        return any(card.live is not None for card in self.cards)
+
+    @property
     def unassigned(self) -> tuple[PodView, ...]:
         """The node's pods whose card is not known (all of them on a one-card node)."""
         if self.unassigned_group is not None:

@@ -45,7 +45,7 @@ def test_a_node_with_two_cards_lists_them_with_their_pods() -> None:
         {
             "index": "0",
             "uuid": card_uuid(NODE, 0),
-            "capacityMiB": 15872,
+            "capacityMiB": 15360,
             "totalMiB": 16000,
             "declaredMiB": 3000,
             "replicas": 1,
@@ -57,7 +57,7 @@ def test_a_node_with_two_cards_lists_them_with_their_pods() -> None:
         {
             "index": "1",
             "uuid": card_uuid(NODE, 1),
-            "capacityMiB": 15872,
+            "capacityMiB": 15360,
             "totalMiB": 16000,
             "declaredMiB": 2000,
             "replicas": 1,

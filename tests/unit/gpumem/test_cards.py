@@ -29,7 +29,7 @@ from tests.unit.extender.factories import (
 )
 
 NODE = "gpu-2x"
-TWO_T4 = {"gfd_memory_mib": 16384, "gfd_count": 2}  # per card: (2 x 16384 - 1024 slack) / 2
+TWO_T4 = {"gfd_memory_mib": 16384, "gfd_count": 2}  # per card: 16384 - 1024 slack
 
 
 def node_state(
@@ -65,7 +65,7 @@ def refusal_of(state: NodeState, need: int, **settings: Any) -> str | None:
 def test_two_cards_with_6000_free_each_do_not_add_up_to_a_10000_mib_pod() -> None:
     # The new user: the node has 12000 MiB free in all, no card has 10000.
     state = node_state([], [6000, 6000])
-    assert [card.capacity_mib for card in state.cards] == [15872, 15872]
+    assert [card.capacity_mib for card in state.cards] == [15360, 15360]
     assert refusal_of(state, 10000) == (
         f"vramguard: {label(0)}: live free 6000 MiB < need 10000 + floor 512 MiB (dcgm, 8s old)"
     )
@@ -100,7 +100,7 @@ def test_an_unassigned_pod_widens_the_candidates_and_counts_on_every_card() -> N
     state = node_state(pods, [9000, 9000])
     assert [pod.name for pod in state.unassigned] == ["d"]
     assert refusal_of(state, 9000) == (
-        f"vramguard: {label(0)}: declared 6000 + unassigned 4000 + 9000 > capacity 15872 MiB"
+        f"vramguard: {label(0)}: declared 6000 + unassigned 4000 + 9000 > capacity 15360 MiB"
     )
     assert refusal_of(state, 5000) is None
 
@@ -110,29 +110,64 @@ def test_a_pod_bigger_than_every_card_is_unresolvable() -> None:
     assert fit.refusal is not None
     assert (fit.refusal.kind, fit.refusal.resolvable) == ("too-big", False)
     assert fit.refusal.message == (
-        f"vramguard: need 16000 > capacity 15872 MiB of the largest card ({label(0)})"
+        f"vramguard: need 16000 > capacity 15360 MiB of the largest card ({label(0)})"
     )
 
 
-def test_cards_known_only_from_gfd_have_no_live_figures() -> None:
-    # Without per-GPU telemetry the node-wide free is a sum over cards, never a card's.
-    store = make_store(
-        make_policy(staleMode="deny"),
-        [make_node(NODE, **TWO_T4)],
-        [],
-        dcgm_reading({NODE: 12000}),
-    )
-    state = store.snapshot().node(NODE)
-    assert state is not None
-    assert [(card.index, card.uuid, card.live) for card in state.cards] == [
+def test_cards_known_only_from_gfd_keep_the_node_wide_live_check() -> None:
+    # Without per-GPU telemetry the node-wide free is a sum over cards, never a card's: the
+    # cards are judged on their budgets, and the node-wide live check still applies.
+    def state(free: int) -> NodeState:
+        store = make_store(
+            make_policy(), [make_node(NODE, **TWO_T4)], [], dcgm_reading({NODE: free})
+        )
+        node = store.snapshot().node(NODE)
+        assert node is not None
+        return node
+
+    roomy = state(12000)
+    assert [(card.index, card.uuid, card.live) for card in roomy.cards] == [
         ("0", None, None),
         ("1", None, None),
     ]
-    assert refusal_of(state, 5000, staleMode="deny") == (
-        "vramguard: gpu 0: no live GPU memory telemetry for the card (dcgm); staleMode deny"
+    assert refusal_of(roomy, 5000) is None
+    assert refusal_of(state(4000), 5000) == (
+        "vramguard: live free 4000 MiB < need 5000 + floor 512 MiB (dcgm, 8s old)"
     )
-    fit = check_node(5000, NODE, state, make_policy().extender, NOW)  # budget-only
-    assert (fit.refusal, fit.live_skipped) == (None, True)
+    # The budgets are still per card: 16000 fits the node's 30720, no card's 15360.
+    assert refusal_of(roomy, 16000) == (
+        "vramguard: need 16000 > capacity 15360 MiB of the largest card (gpu 0)"
+    )
+
+
+def test_a_card_gfd_counts_and_the_telemetry_does_not_show_gets_an_index_of_its_own() -> None:
+    node = make_node(NODE, gfd_memory_mib=16384, gfd_count=3)
+    reading = cards_reading({NODE: [6000, 6000]})
+    shown = dict(reading.cards[NODE])
+    # The exporter shows cards 1 and 2 only (card 0 has lost its exporter series).
+    renamed = {
+        uuid: dataclasses.replace(sample, index=str(int(sample.index or 0) + 1))
+        for uuid, sample in shown.items()
+    }
+    store = make_store(
+        make_policy(), [node], [], dataclasses.replace(reading, cards={NODE: renamed})
+    )
+    state = store.snapshot().node(NODE)
+    assert state is not None
+    assert [card.index for card in state.cards] == ["1", "2", "0"]
+    assert state.cards[2].live is None  # budget-only: judged on budgets alone
+
+
+def test_a_card_is_never_given_more_than_its_telemetry_reports() -> None:
+    # A 16 GB and a 24 GB card: GFD labels the node with one memory figure; the telemetry
+    # says what each card has.
+    node = make_node(NODE, allocatable_mib=38000, gfd_memory_mib=24576, gfd_count=2)
+    reading = cards_reading({NODE: [15000, 23000]}, used={NODE: [1000, 1000]})
+    store = make_store(make_policy(), [node], [], reading)
+    state = store.snapshot().node(NODE)
+    assert state is not None
+    assert [card.total_mib for card in state.cards] == [16000, 24000]
+    assert [card.capacity_mib for card in state.cards] == [16000, 19000]
 
 
 def test_advertised_gpumem_is_split_across_the_cards() -> None:
@@ -204,7 +239,7 @@ def test_preemption_is_vetted_on_every_card() -> None:
 )
 def test_candidate_cards(replicas: list[int], ahead: int, policy: str, expected: list[int]) -> None:
     cards = [
-        CardState(i, str(i), f"GPU-{i}", 15872, 16384, None, PodGroup((object(),) * n))  # type: ignore[arg-type]
+        CardState(i, str(i), f"GPU-{i}", 15360, 16384, None, PodGroup((object(),) * n))  # type: ignore[arg-type]
         for i, n in enumerate(replicas)
     ]
     assert [card.position for card in candidate_cards(cards, ahead, policy)] == expected

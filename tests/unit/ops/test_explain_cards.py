@@ -168,17 +168,15 @@ def test_a_bound_pod_shows_the_card_it_holds() -> None:
 
 
 def test_cards_without_live_telemetry_say_why_the_live_check_was_skipped() -> None:
-    # Per-node telemetry only: the node's 12000 free is a sum over cards, never a card's.
+    # Per-node telemetry only: no card has figures of its own, so the cards are judged on
+    # their budgets and the node-wide live check applies (12000 - 5000 - floor 512).
     report = explained(5000, [], reading=dcgm_reading({NODE: 12000}))
     verdict = row(report)
     assert verdict.verdict == "fits"
-    assert verdict.reason == (
-        "10872 MiB to spare in budgets; no live telemetry for gpu 0, gpu 1: live check "
-        "skipped (staleMode budget-only)"
-    )
+    assert verdict.reason == "6488 MiB to spare"
     stale = explained(5000, [6000, 9000], reading=cards_reading({NODE: [6000, 9000]}, age=75))
     assert row(stale).reason == (
-        f"10872 MiB to spare in budgets; live telemetry of {label(0)} 75s old > "
+        f"10360 MiB to spare in budgets; live telemetry of {label(0)} 75s old > "
         f"maxAgeSeconds 60; live telemetry of {label(1)} 75s old > maxAgeSeconds 60: live "
         "check skipped (staleMode budget-only)"
     )
@@ -192,9 +190,9 @@ def test_explain_table_has_a_row_per_card_under_its_node() -> None:
         "NODE          VERDICT        LIVE FREE  DECLARED/CAPACITY  REASON",
         "node-a        fits           20000 MiB  0/14000 MiB        9000 MiB to spare",
         "gpu-2x        fits           11000 MiB  9000/31744 MiB     3488 MiB to spare",
-        "gpu-2x/gpu 0  not candidate  2000 MiB   6000/15872 MiB     "
+        "gpu-2x/gpu 0  not candidate  2000 MiB   6000/15360 MiB     "
         "2 replicas; the device plugin (distributed) gives the pod a card with fewer",
-        "gpu-2x/gpu 1  candidate      9000 MiB   3000/15872 MiB     1 replica",
+        "gpu-2x/gpu 1  candidate      9000 MiB   3000/15360 MiB     1 replica",
     ]
 
 
@@ -222,7 +220,7 @@ def test_explain_json_of_a_two_card_node() -> None:
         "liveFreeMiB": 6000,
         "telemetryAgeSeconds": 8.0,
         "declaredMiB": 0,
-        "capacityMiB": 15872,
+        "capacityMiB": 15360,
     }
     assert "cards" not in nodes["node-a"]
     assert "refusedCard" not in nodes["node-a"]

@@ -167,8 +167,8 @@ def test_a_two_card_node_has_a_row_per_card_and_its_pods_their_card(source: str)
     assert [
         (c.index, c.uuid, c.capacity_mib, c.declared_mib, c.live_free_mib) for c in two.cards
     ] == [
-        ("0", card_uuid("gpu-2x", 0), 15872, 3000, 6000),
-        ("1", card_uuid("gpu-2x", 1), 15872, 2000, 9000),
+        ("0", card_uuid("gpu-2x", 0), 15360, 3000, 6000),
+        ("1", card_uuid("gpu-2x", 1), 15360, 2000, 9000),
     ]
     assert (two.declared_mib, two.unassigned_mib) == (9000, 4000)
     assert (one.cards, one.unassigned_mib) == ((), 0)
@@ -185,8 +185,8 @@ def test_status_table_puts_the_cards_under_their_node() -> None:
     assert render_status(card_status("extender")) == [
         "NODE               CAPACITY  DECLARED  RESERVED  LIVE USED  FREE      AGE",
         "gpu-2x             31.0 GiB  9000 MiB  0 MiB     16.6 GiB   14.6 GiB  8s",
-        "gpu-2x/gpu 0       15.5 GiB  3000 MiB  -         10000 MiB  6000 MiB  8s",
-        "gpu-2x/gpu 1       15.5 GiB  2000 MiB  -         7000 MiB   9000 MiB  8s",
+        "gpu-2x/gpu 0       15.0 GiB  3000 MiB  -         10000 MiB  6000 MiB  8s",
+        "gpu-2x/gpu 1       15.0 GiB  2000 MiB  -         7000 MiB   9000 MiB  8s",
         "gpu-2x/unassigned  -         4000 MiB  -         -          -         -",
         "node-a             13.7 GiB  4000 MiB  0 MiB     5000 MiB   9000 MiB  8s",
         "",
@@ -212,7 +212,7 @@ def test_status_json_of_a_two_card_node() -> None:
     assert two["cards"][1] == {
         "index": "1",
         "uuid": card_uuid("gpu-2x", 1),
-        "capacityMiB": 15872,
+        "capacityMiB": 15360,
         "totalMiB": 16000,
         "declaredMiB": 2000,
         "replicas": 1,
