@@ -24,7 +24,7 @@ from gpumem.fit import (
 )
 from gpumem.policy import ExtenderSettings
 from gpumem.relief import NO_RELIEF, victims_relief
-from gpumem.state import Snapshot
+from gpumem.state import NodeState, Snapshot
 
 
 @dataclass(frozen=True)
@@ -69,16 +69,7 @@ def filter_nodes(
     floor, max_age = limits.floor_mib, limits.max_age_seconds
     for name in candidates:
         node = nodes.get(name)
-        # The fast paths where they apply (gpumem.fit.quick_headroom on a one-card node,
-        # cards_quick_headroom on one with several), else the full rule.
-        quick = node.quick if node is not None else None
-        if quick is not None:
-            fast = quick_headroom(quick, need, floor, max_age, now)
-        elif node is not None and node.quick_cards is not None:
-            fast = cards_quick_headroom(node.quick_cards, need, floor, max_age, now)
-        else:
-            fast = None
-        if fast is not None:
+        if _fast_headroom(node, need, floor, max_age, now) is not None:
             passed.append(name)
             continue
         refusal, _, skipped = evaluate(need, node, limits, now, NO_RELIEF)
@@ -89,6 +80,20 @@ def filter_nodes(
         kinds[refusal.kind] += 1
         (failed if refusal.resolvable else unresolvable)[name] = refusal.message
     return FilterResult(tuple(passed), failed, unresolvable, kinds, live_skipped)
+
+
+def _fast_headroom(
+    node: NodeState | None, need: int, floor_mib: int, max_age_seconds: float, now: float
+) -> int | None:
+    """The fast paths where they apply (gpumem.fit.quick_headroom on a one-card node,
+    cards_quick_headroom on one with several); None: ask the full rule."""
+    if node is None:
+        return None
+    if node.quick is not None:
+        return quick_headroom(node.quick, need, floor_mib, max_age_seconds, now)
+    if node.quick_cards is not None:
+        return cards_quick_headroom(node.quick_cards, need, floor_mib, max_age_seconds, now)
+    return None
 
 
 def score_nodes(
@@ -114,12 +119,7 @@ def score_nodes(
     headrooms: list[int | None] = []
     for name in candidates:
         node = nodes.get(name)
-        quick = node.quick if node is not None else None
-        headroom = None  # the fast paths, as in filter_nodes
-        if quick is not None:
-            headroom = quick_headroom(quick, need, floor, max_age, now)
-        elif node is not None and node.quick_cards is not None:
-            headroom = cards_quick_headroom(node.quick_cards, need, floor, max_age, now)
+        headroom = _fast_headroom(node, need, floor, max_age, now)
         if headroom is not None:
             headrooms.append(headroom)
             continue

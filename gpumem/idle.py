@@ -26,16 +26,6 @@ def idle_budget(pod: PodView, per_pod_usage: bool) -> tuple[int, int]:
     return 0, max(0, pod.declared_mib - pod.used_mib)
 
 
-def not_yet_in_use(pods: Iterable[PodView], per_pod_usage: bool, now: float) -> int:
-    """The budgets of these pods that are not in use yet at `now` (idle_budget), for the card
-    rule, which sums them per card rather than per node."""
-    total = 0
-    for pod in pods:
-        base, warming = idle_budget(pod, per_pod_usage)
-        total += base + (warming if pod.warming(now) else 0)
-    return total
-
-
 def idle_parts(pods: Iterable[PodView], per_pod_usage: bool) -> tuple[int, list[tuple[float, int]]]:
     """The pods' not-yet-used MiB: (at any time, [(until, MiB while warming)])."""
     base = 0

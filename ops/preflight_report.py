@@ -19,8 +19,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from gpumem.fit import is_stale, not_yet_in_use_mib, staleness_text
-from gpumem.idle import not_yet_in_use
-from gpumem.state import CardState, LiveView, NodeState, Snapshot
+from gpumem.state import NO_PODS, CardState, LiveView, NodeState, Snapshot
 from ops.common import CANNOT_TELL, NO, OK
 from ops.table import paint
 
@@ -161,9 +160,8 @@ def _card_line(  # noqa: PLR0917 (as preflight_line)
     stale = _stale_reason(live, max_age_seconds, now)
     if live is None or stale is not None:
         return PreflightLine(card.label, need_mib, floor_mib, stale_reason=stale)
-    idle = node.reserved_mib(now) + not_yet_in_use(
-        (*card.pods, *node.unassigned), node.per_pod_usage, now
-    )
+    unassigned = node.unassigned_group or NO_PODS
+    idle = node.reserved_mib(now) + card.not_yet_using_mib(now) + unassigned.not_yet_using_mib(now)
     return PreflightLine(card.label, need_mib, floor_mib, live.free_mib, idle)
 
 

@@ -285,3 +285,10 @@ def test_once_prints_the_metrics_whatever_it_could_read(
     assert status == (0 if nvml_up else 1)
     assert 'vramguard_node_agent_source_up{source="podresources"} 1.0' in out
     assert 'vramguard_node_agent_source_up{source="kube"} 0.0' in out
+
+
+def test_the_default_socket_is_the_clients() -> None:
+    from kube.podresources import DEFAULT_SOCKET as CLIENT_DEFAULT  # noqa: PLC0415
+    from ops.node_agent import DEFAULT_SOCKET  # noqa: PLC0415
+
+    assert Path(DEFAULT_SOCKET) == CLIENT_DEFAULT
