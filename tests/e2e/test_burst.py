@@ -21,8 +21,8 @@ import pytest
 from .conftest import unique_name
 from .harness import SCHEDULER_NAME, ClusterBase, LocalVramguard, gpu_pod, unschedulable_message
 from .harness.nodes import GPUMEM_RESOURCE
-from .harness.pods import declared_gpumem
-from .harness.vramguard import metric_value
+from .harness.pods import declared_gpumem, placement
+from .harness.vramguard import scheduler_queued
 
 pytestmark = pytest.mark.e2e
 
@@ -128,20 +128,11 @@ def wait_until_settled(
     last: tuple[tuple[str, str], ...] = ()
     stable_since = time.monotonic()
     while True:
-        pods = core.list_namespaced_pod(namespace).items
-        state = tuple(
-            sorted(
-                (p.metadata.name, p.spec.node_name or ("-" if unschedulable_message(p) else ""))
-                for p in pods
-            )
-        )
+        pods, state = placement(core, namespace)
         if state != last:
             last, stable_since = state, time.monotonic()
         metrics = cluster.scheduler_metrics(SCHEDULER_NAME)
-        queued = sum(
-            metric_value(metrics, "scheduler_pending_pods", {"queue": queue})
-            for queue in ("active", "backoff")
-        )
+        queued = scheduler_queued(metrics)
         decided = len(pods) == count and all(where for _, where in state)
         if decided and not queued and time.monotonic() - stable_since >= quiet:
             return list(pods)

@@ -48,10 +48,10 @@ from .harness import (
 )
 from .harness.gpu_exporter import CardReading, card_uuid
 from .harness.nodes import GPUMEM_RESOURCE
-from .harness.pods import declared_gpumem
+from .harness.pods import declared_gpumem, placement
 from .harness.process import ProcessError
 from .harness.tenants import Tenant, deploy
-from .harness.vramguard import metric_value
+from .harness.vramguard import scheduler_queued
 from .test_watchdog import FLOOR_MIB, decision_lines, pods_present, watchdog
 
 pytestmark = pytest.mark.e2e
@@ -569,20 +569,11 @@ def wait_until_settled(  # noqa: PLR0917 (the burst's own pieces)
     stable_since = time.monotonic()
     while True:
         plugin.check()
-        pods = core.list_namespaced_pod(namespace).items
-        state = tuple(
-            sorted(
-                (p.metadata.name, p.spec.node_name or ("-" if unschedulable_message(p) else ""))
-                for p in pods
-            )
-        )
+        pods, state = placement(core, namespace)
         if state != last:
             last, stable_since = state, time.monotonic()
         metrics = cluster.scheduler_metrics(SCHEDULER_NAME)
-        queued = sum(
-            metric_value(metrics, "scheduler_pending_pods", {"queue": queue})
-            for queue in ("active", "backoff")
-        )
+        queued = scheduler_queued(metrics)
         with plugin.lock:
             fitting = [
                 (name, sizes[name], node.name)

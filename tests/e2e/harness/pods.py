@@ -113,6 +113,19 @@ def wait_for_unschedulable(
         time.sleep(interval)
 
 
+def placement(core: Any, namespace: str) -> tuple[list[Any], tuple[tuple[str, str], ...]]:
+    """Every pod of a namespace, and where each stands, sorted by name: (name, its node, "-"
+    when a scheduler found it unschedulable, "" when none has decided yet)."""
+    pods = core.list_namespaced_pod(namespace).items
+    state = tuple(
+        sorted(
+            (p.metadata.name, p.spec.node_name or ("-" if unschedulable_message(p) else ""))
+            for p in pods
+        )
+    )
+    return list(pods), state
+
+
 def unschedulable_message(pod: Any) -> str | None:
     """The message of a pod's PodScheduled=False condition, or None (bound, or not tried)."""
     if pod.spec.node_name:

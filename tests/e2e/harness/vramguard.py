@@ -554,6 +554,15 @@ def metric_value(text: str, sample: str, labels: Mapping[str, str] | None = None
     return total
 
 
+def scheduler_queued(metrics: str) -> float:
+    """Pods a kube-scheduler still has to try (its active and backoff queues), from its
+    /metrics text."""
+    return sum(
+        metric_value(metrics, "scheduler_pending_pods", {"queue": queue})
+        for queue in ("active", "backoff")
+    )
+
+
 def _http_get(url: str, context: ssl.SSLContext | None = None, timeout: float = 5.0) -> str:
     handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]
     if context is not None:
