@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from gpumem.idle import idle_parts
 from gpumem.nodes import Capacity, NodeFacts
-from gpumem.policy import ExtenderSettings
+from gpumem.policy import AllocationPolicy, ExtenderSettings
 from gpumem.state import (
     CardSample,
     CardState,
@@ -38,10 +38,6 @@ from gpumem.state import (
     PodView,
     TelemetryReading,
 )
-
-# "distributed" | "packed": gpumem.policy.ExtenderSettings.allocation_policy.
-AllocationPolicy = str
-
 
 # --- Building a node's cards -------------------------------------------------------------------
 

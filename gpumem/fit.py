@@ -20,12 +20,13 @@ full rule would.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 from gpumem.cards import node_candidates
-from gpumem.policy import ExtenderSettings
+from gpumem.policy import AllocationPolicy, ExtenderSettings
 from gpumem.relief import NO_CARD_RELIEF, NO_RELIEF, Relief
 from gpumem.state import NO_PODS, CardState, LiveView, NodeState, QuickFit
 
@@ -45,6 +46,9 @@ class Refusal:
     # memory would do (unknown node, no capacity, stale telemetry). Ranks nodes best-first
     # when a Pending pod is explained (gpumem.explain).
     short_mib: int | None = None
+    # On a node with several cards, the position (CardState.position) of the card that
+    # refused; None for a node-wide refusal or one no single card made (too big for all).
+    card: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +73,7 @@ class Limits:
     max_age_seconds: float
     budget_only: bool
     source: str
-    allocation_policy: str = "distributed"
+    allocation_policy: AllocationPolicy = "distributed"
 
     @classmethod
     def of(cls, settings: ExtenderSettings) -> Limits:
@@ -299,7 +303,7 @@ def _evaluate_cards(  # noqa: PLR0917 (the node rule's own figures, passed on)
             headroom = min(headroom, room)
             skipped = skipped or card_skipped
         elif worst is None or _shortfall(outcome) > _shortfall(worst):
-            worst = outcome
+            worst = (dataclasses.replace(refusal, card=card.position), room, card_skipped)
     if worst is not None:
         return worst
     return None, headroom, skipped

@@ -127,6 +127,10 @@ class Telemetry(_Model):
         return self
 
 
+# How the NVIDIA device plugin picks a time-sliced replica's card (gpumem.cards).
+AllocationPolicy = Literal["distributed", "packed"]
+
+
 class ExtenderSettings(_Model):
     floor_mib: MiB = Field(default=512, alias="floorMiB", description="Live headroom kept free.")
     capacity_slack_mib: MiB = Field(
@@ -140,7 +144,7 @@ class ExtenderSettings(_Model):
     stale_mode: Literal["budget-only", "deny"] = "budget-only"
     warmup_seconds: Annotated[float, Field(ge=0, le=86400)] = 120.0
     scoring: Literal["binpack", "spread"] = "binpack"
-    allocation_policy: Literal["distributed", "packed"] = Field(
+    allocation_policy: AllocationPolicy = Field(
         default="distributed",
         description="How the NVIDIA device plugin picks the card of a time-sliced replica "
         "(--shared-devices-allocation-policy): distributed (its default) takes the card with "

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gpumem import cards
-from gpumem.explain import NodeVerdict, without_prefix
+from gpumem.explain import NodeVerdict
 from gpumem.fit import Refusal, is_stale, staleness_text
 from gpumem.pending import SchedulingPod
 from gpumem.policy import ExtenderSettings
@@ -53,7 +53,9 @@ def card_rows(
     if not node.cards:
         return ()
     judged = verdict.verdict in _JUDGED
-    candidates = {card.position for card in node_candidates(node, settings, now)}
+    candidates = {
+        card.position for card in cards.node_candidates(node, settings.allocation_policy, now)
+    }
     refused = refused_card(node, verdict.refusal)
     held = node.pod(pod.uid)
     rows = []
@@ -76,23 +78,12 @@ def card_rows(
     return tuple(rows)
 
 
-def node_candidates(
-    node: NodeState, settings: ExtenderSettings, now: float
-) -> tuple[CardState, ...]:
-    """The cards the fit rule checks for a new pod on this node (gpumem.cards)."""
-    return cards.node_candidates(node, settings.allocation_policy, now)
-
-
 def refused_card(node: NodeState, refusal: Refusal | None) -> CardState | None:
-    """The card a refusal names first (`gpu 1 (GPU-8f3c…): live free ...`); None for a
-    node-wide refusal, and for a pod bigger than every card (no one card refused it)."""
-    if refusal is None or not node.cards:
+    """The card that refused (Refusal.card); None for a node-wide refusal, and for a pod
+    bigger than every card (no one card refused it)."""
+    if refusal is None or refusal.card is None or refusal.card >= len(node.cards):
         return None
-    text = without_prefix(refusal.message)
-    for card in node.cards:
-        if text.startswith(card.label + ":"):
-            return card
-    return None
+    return node.cards[refusal.card]
 
 
 def card_stale_reason(node: NodeState, settings: ExtenderSettings, now: float) -> str:
@@ -100,7 +91,7 @@ def card_stale_reason(node: NodeState, settings: ExtenderSettings, now: float) -
     no fresh telemetry (the node's own figure is a sum over cards, never what was checked)."""
     parts = []
     missing = []
-    for card in node_candidates(node, settings, now):
+    for card in cards.node_candidates(node, settings.allocation_policy, now):
         live = card.live
         if live is None:
             missing.append(card.label)

@@ -16,7 +16,8 @@ from extender.scheduling import filter_nodes, score_nodes, vet_preemption
 from gpumem.cards import candidate_cards
 from gpumem.demand import PodDemand
 from gpumem.fit import check_node
-from gpumem.state import CardState, NodeState, PodGroup
+from gpumem.policy import AllocationPolicy
+from gpumem.state import CardState, NodeState, PodGroup, PodView
 from tests.unit.extender.factories import (
     NOW,
     card_uuid,
@@ -70,6 +71,9 @@ def test_two_cards_with_6000_free_each_do_not_add_up_to_a_10000_mib_pod() -> Non
         f"vramguard: {label(0)}: live free 6000 MiB < need 10000 + floor 512 MiB (dcgm, 8s old)"
     )
     assert refusal_of(state, 5000) is None
+    fit = check_node(10000, NODE, state, make_policy().extender, NOW)
+    assert fit.refusal is not None
+    assert fit.refusal.card == 0  # the card that refused, for explain
 
 
 def test_a_node_with_one_card_keeps_the_node_wide_rule() -> None:
@@ -237,9 +241,15 @@ def test_preemption_is_vetted_on_every_card() -> None:
         ([5, 0], 0, "packed", [0, 1]),
     ],
 )
-def test_candidate_cards(replicas: list[int], ahead: int, policy: str, expected: list[int]) -> None:
+def test_candidate_cards(
+    replicas: list[int], ahead: int, policy: AllocationPolicy, expected: list[int]
+) -> None:
+    def pods(card: int, count: int) -> PodGroup:
+        views = tuple(PodView(f"{card}-{n}", "ns", f"p{n}", 1000, None, 0.0) for n in range(count))
+        return PodGroup(views)
+
     cards = [
-        CardState(i, str(i), f"GPU-{i}", 15360, 16384, None, PodGroup((object(),) * n))  # type: ignore[arg-type]
+        CardState(i, str(i), f"GPU-{i}", 15360, 16384, None, pods(i, n))
         for i, n in enumerate(replicas)
     ]
     assert [card.position for card in candidate_cards(cards, ahead, policy)] == expected
