@@ -30,7 +30,6 @@ from extender.telemetry_parse import (
     Unit,
     card_claims,
     device_figures,
-    node_samples,
     parse_vector,
     pod_cards,
     pod_samples,
@@ -40,7 +39,6 @@ from gpumem.policy import Policy, Telemetry
 from gpumem.state import CardSample, PodKey, TelemetryReading
 from kube.threads import Threads
 
-# The parsing names callers and tests have always imported from here.
 __all__ = [
     "PRESETS",
     "PrometheusQuery",
@@ -48,12 +46,8 @@ __all__ = [
     "QueryPlan",
     "TelemetryError",
     "TelemetryPoller",
-    "node_samples",
-    "parse_vector",
     "plan_queries",
-    "pod_samples",
     "read_telemetry",
-    "sample_times",
 ]
 
 log = logging.getLogger(__name__)

@@ -14,9 +14,9 @@ were (a custom query that aggregates, an exporter that labels nodes only).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, TypeVar
+from typing import Literal
 
 from gpumem.state import PodKey, Sample
 
@@ -222,52 +222,23 @@ def _sampled_at(s: Series, times: Mapping[LabelSet, float]) -> float:
     return min(s.timestamp, times.get(s.label_set, s.timestamp))
 
 
-def node_samples(
-    parsed: Parsed,
-    node_labels: Sequence[str],
-    unit: Unit,
-    times: Mapping[LabelSet, float],
-    round_up: bool,
-) -> tuple[dict[str, Sample], list[str]]:
-    """Per node: the sum of its cards (each counted once) and of its series without a UUID;
-    a node's sample is as old as its oldest GPU's."""
-    figures = device_figures(parsed, node_labels, unit, times, round_up)
-    return figures.nodes, figures.problems
-
-
 def pod_samples(
     parsed: Parsed, unit: Unit, times: Mapping[LabelSet, float]
 ) -> tuple[dict[PodKey, Sample], list[str]]:
-    """Sum per-process series per pod."""
-    return _sum_by(parsed, pod_of, "no namespace/pod labels", unit, times, round_up=True)
-
-
-K = TypeVar("K", str, tuple[str, str])
-
-
-def _sum_by(
-    parsed: Parsed,
-    key_of: Callable[[Mapping[str, str]], K | None],
-    missing_key: str,
-    unit: Unit,
-    times: Mapping[LabelSet, float],
-    *,
-    round_up: bool,
-) -> tuple[dict[K, Sample], list[str]]:
-    """Sum the series that share a key; a sum is as old as its oldest series."""
-    sums: dict[K, float] = {}
-    oldest: dict[K, float] = {}
+    """Sum per-process series per pod; a pod's sum is as old as its oldest series."""
+    sums: dict[PodKey, float] = {}
+    oldest: dict[PodKey, float] = {}
     problems = []
     for s in parsed.series:
-        key = key_of(s.labels)
+        key = pod_of(s.labels)
         if key is None:
-            problems.append(f"{missing_key} in {dict(s.labels)!r:.80}")
+            problems.append(f"no namespace/pod labels in {dict(s.labels)!r:.80}")
             continue
         sums[key] = sums.get(key, 0.0) + s.value
         sampled_at = _sampled_at(s, times)
         oldest[key] = min(oldest.get(key, sampled_at), sampled_at)
     return {
-        key: Sample(to_mib(total, unit, round_up), oldest[key]) for key, total in sums.items()
+        key: Sample(to_mib(total, unit, round_up=True), oldest[key]) for key, total in sums.items()
     }, problems
 
 

@@ -1,22 +1,22 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pytest
 
 from extender.metrics import ExtenderMetrics
 from extender.store import ClusterStore
-from extender.telemetry import (
-    Query,
-    QueryPlan,
+from extender.telemetry import Query, QueryPlan, TelemetryPoller, plan_queries, read_telemetry
+from extender.telemetry_parse import (
+    LabelSet,
+    Parsed,
     TelemetryError,
-    TelemetryPoller,
-    node_samples,
+    Unit,
+    device_figures,
     parse_vector,
-    plan_queries,
     pod_samples,
-    read_telemetry,
     sample_times,
 )
 from gpumem.policy import Telemetry
@@ -35,6 +35,18 @@ from tests.unit.extender.prometheus_answers import (
     on_pod,
     timestamps_of,
 )
+
+
+def node_samples(
+    parsed: Parsed,
+    node_labels: Sequence[str],
+    unit: Unit,
+    times: Mapping[LabelSet, float],
+    round_up: bool,
+) -> tuple[dict[str, Sample], list[str]]:
+    """The node-level figures of device_figures, as these tests read them."""
+    figures = device_figures(parsed, node_labels, unit, times, round_up)
+    return figures.nodes, figures.problems
 
 
 def test_dcgm_multi_gpu_node_sums_free_and_keeps_the_oldest_sample() -> None:
