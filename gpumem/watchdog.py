@@ -55,7 +55,7 @@ from gpumem.fit import is_stale, staleness_text
 from gpumem.pending import PendingPod
 from gpumem.policy import ExtenderSettings, Policy
 from gpumem.state import CardState, LiveView, NodeState, PodView, Snapshot
-from gpumem.watchdog_facts import PodFacts, pod_facts, waiting_on_live_vram
+from gpumem.watchdog_facts import PodFacts, waiting_on_live_vram
 
 WatchdogAction = Literal["none", "recycle"]
 Reason = Literal[
@@ -382,11 +382,9 @@ __all__ = [
     "NONE_REASONS",
     "REASONS",
     "RECYCLE_REASONS",
-    "PodFacts",
     "Recycled",
     "WatchdogDecision",
     "WatchdogLimits",
     "cooldown_key",
     "decide",
-    "pod_facts",
 ]

@@ -14,7 +14,8 @@ from typing import Protocol
 
 from gpumem.policy import Policy
 from gpumem.state import PodView
-from gpumem.watchdog import Recycled, WatchdogDecision, WatchdogLimits, decide, pod_facts
+from gpumem.watchdog import Recycled, WatchdogDecision, WatchdogLimits, decide
+from gpumem.watchdog_facts import pod_facts
 from ops import readings
 from ops.common import CANNOT_TELL, FAILED, OK
 from ops.watchdog_metrics import ErrorKind, RecycleResult, WatchdogMetrics

@@ -14,13 +14,12 @@ from gpumem.watchdog import (
     NONE_REASONS,
     REASONS,
     RECYCLE_REASONS,
-    PodFacts,
     Recycled,
     WatchdogDecision,
     WatchdogLimits,
     decide,
-    pod_facts,
 )
+from gpumem.watchdog_facts import PodFacts, pod_facts
 from tests.unit.extender.factories import (
     NOW,
     dcgm_reading,

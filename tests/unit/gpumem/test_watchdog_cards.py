@@ -13,14 +13,13 @@ import pytest
 
 from gpumem.state import Sample, Snapshot, TelemetryReading
 from gpumem.watchdog import (
-    PodFacts,
     Recycled,
     WatchdogDecision,
     WatchdogLimits,
     cooldown_key,
     decide,
-    pod_facts,
 )
+from gpumem.watchdog_facts import PodFacts, pod_facts
 from tests.unit.extender.factories import (
     NOW,
     card_uuid,
