@@ -6,6 +6,8 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+from hypothesis import strategies as st
+
 from extender.store import ClusterStore
 from gpumem.demand import ResourceNames
 from gpumem.policy import Policy
@@ -285,4 +287,17 @@ def cards_reading(
         used={node: Sample(sum(mibs), at) for node, mibs in used.items()},
         cards=cards,
         pod_cards={key: card_uuid(*card) for key, card in (pod_cards or {}).items()},
+    )
+
+
+def extender_settings(**extra: st.SearchStrategy[Any]) -> st.SearchStrategy[dict[str, Any]]:
+    """The fit rule's settings in YAML spelling, drawn for property tests; `extra` adds keys."""
+    return st.fixed_dictionaries(
+        {
+            "floorMiB": st.integers(0, 2000),
+            "staleMode": st.sampled_from(["budget-only", "deny"]),
+            "maxAgeSeconds": st.integers(1, 120),
+            "warmupSeconds": st.integers(0, 300),
+            **extra,
+        }
     )

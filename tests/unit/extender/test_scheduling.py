@@ -17,6 +17,7 @@ from tests.unit.extender.factories import (
     NAMES,
     NOW,
     dcgm_reading,
+    extender_settings,
     make_node,
     make_pod,
     make_policy,
@@ -457,15 +458,7 @@ node_setups = st.fixed_dictionaries(
     setups=st.lists(node_setups, min_size=1, max_size=5),
     need=st.integers(0, 12000),
     later=st.integers(-100, 400),
-    extender=st.fixed_dictionaries(
-        {
-            "floorMiB": st.integers(0, 2000),
-            "staleMode": st.sampled_from(["budget-only", "deny"]),
-            "maxAgeSeconds": st.integers(1, 120),
-            "warmupSeconds": st.integers(0, 300),
-            "scoring": st.sampled_from(["binpack", "spread"]),
-        }
-    ),
+    extender=extender_settings(scoring=st.sampled_from(["binpack", "spread"])),
 )
 def test_fast_path_agrees_with_the_full_rule(
     setups: list[dict[str, Any]], need: int, later: int, extender: dict[str, Any]
