@@ -27,12 +27,13 @@ It serves, at ``/metrics`` in the Prometheus text format, for every card of ever
 from __future__ import annotations
 
 import threading
-import uuid
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import ClassVar
+
+from tests.fakes.cards import card_uuid as card_uuid  # noqa: PLC0414  (re-exported)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 MIB = 1 << 20
@@ -59,13 +60,6 @@ class Assignment:
     node: str
     card_index: int
     container: str = "main"
-
-
-def card_uuid(node: str, index: int) -> str:
-    """The UUID the exporter gives card ``index`` of ``node``: stable across runs, so a test
-    can name the card in what it expects (`gpu 1 (GPU-8f3c…)`)."""
-    name = node if index == 0 else f"{node}/gpu{index}"  # card 0 keeps the one-card UUID
-    return f"GPU-{uuid.uuid5(uuid.NAMESPACE_DNS, name)}"
 
 
 class GPUExporter:

@@ -1,4 +1,4 @@
-"""`vramguard node-agent` end to end: a fake NVML (tests/unit/ops/fake_nvml.py), a fake kubelet
+"""`vramguard node-agent` end to end: a fake NVML (tests/fakes/nvml.py), a fake kubelet
 speaking the real PodResources proto on a unix socket, a fake /proc tree, and the node's pods;
 what it serves on /metrics, and that no failing source stops it."""
 
@@ -21,9 +21,9 @@ from ops import build_parser
 from ops.node_agent_loop import NodeAgent, Options
 from ops.node_agent_metrics import MetricsServer, NodeAgentMetrics
 from ops.nvml import Nvml
+from tests.fakes import nvml as fake_nvml
+from tests.fakes.nvml import FakeGpu, FakeNvml
 from tests.unit.kube.fake_kubelet import FakeKubelet, pod_resources, serving
-from tests.unit.ops import fake_nvml
-from tests.unit.ops.fake_nvml import FakeGpu, FakeNvml
 
 GIB = 1024**3
 UUID0 = "GPU-00000000-0000-0000-0000-000000000000"

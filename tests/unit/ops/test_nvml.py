@@ -9,8 +9,8 @@ import pytest
 
 from gpumem.gpus import GpuProcess, GpuReading
 from ops.nvml import Nvml, NvmlLibrary, NvmlProblem, describe
-from tests.unit.ops import fake_nvml
-from tests.unit.ops.fake_nvml import FakeGpu, FakeNvml
+from tests.fakes import nvml as fake_nvml
+from tests.fakes.nvml import FakeGpu, FakeNvml
 
 GIB = 1024**3
 UUID0 = "GPU-00000000-0000-0000-0000-000000000000"

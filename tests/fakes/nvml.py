@@ -3,7 +3,9 @@ same return types (a ctypes c_nvmlMemory_t, process objects with pid and usedGpu
 where not available) and the same NVMLError hierarchy (NVMLError(code) is the subclass of its
 code). test_nvml.py checks it against the installed pynvml, so it cannot drift from it.
 
-Handed to ops.nvml.Nvml as its library; nothing of the real pynvml is patched.
+Handed to ops.nvml.Nvml as its library by the unit tests; nothing of the real pynvml is
+patched. A real node-agent process gets it as the module `pynvml` itself, over a state file
+(nvml_state.py, pynvml_shim/pynvml.py).
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""Tests of tests/fakes: the fakes the end-to-end suite runs beside a real kubelet."""
