@@ -14,6 +14,9 @@ passes; it is always kept, and every process's log path printed, when a test fai
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -35,6 +38,9 @@ from .harness import (
     delete_pod,
     vramguard_for,
 )
+from .harness.controlplane import ControlPlane
+from .harness.nodes import allocatable_gpumem
+from .harness.realnode import RealNode, RealNodeUnavailable
 from .harness.tenants import Tenant, TenantCard, namespaces_for, policy_entries
 
 _KEPT_DIRS = pytest.StashKey[list[str]]()
@@ -44,6 +50,20 @@ _CLUSTER = pytest.StashKey[ClusterBase]()
 # advertises 14000 MiB of vramguard.io/gpumem.
 T4_MIB = 15360
 T4_ADVERTISED_MIB = 14000
+# The one real node (a kubelet, containerd, the fake device plugin): one card, 8 replicas.
+REAL_NODE_NAME = "real-gpu-node"
+REAL_NODE_REPLICAS = 8
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """SIGTERM ends the run as Ctrl-C does, so the fixtures' teardown still runs: the real
+    node's containers, mounts and bridge go, not only the processes the harness started."""
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+
+
+def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def unique_name(prefix: str) -> str:
@@ -180,6 +200,81 @@ def make_vram_node(
         return name
 
     return make
+
+
+@pytest.fixture(scope="session")
+def real_node_session(control_plane: ClusterBase) -> Iterator[RealNode]:
+    """The real node, started at the first test that asks for it and kept for the session.
+    Skipped on an existing cluster (its nodes have no fake device plugin to drive) and
+    where a piece is missing; under VRAMGUARD_REQUIRE_TOOLS=1 (`make test`) a missing piece
+    fails instead."""
+    if not isinstance(control_plane, ControlPlane):
+        pytest.skip("the real-node scenarios need the local control plane (fake device plugin)")
+    node = RealNode(control_plane, name=REAL_NODE_NAME, gpus=1, replicas=REAL_NODE_REPLICAS)
+    control_plane.add_cleanup(node.stop)  # also when the session ends on a failure
+    try:
+        node.start()
+    except RealNodeUnavailable as err:
+        if os.environ.get("VRAMGUARD_REQUIRE_TOOLS") == "1":
+            pytest.fail(f"real node unavailable: {err}", pytrace=False)
+        pytest.skip(f"real node unavailable: {err}")
+    except (ProcessError, ControlPlaneError, TimeoutError) as err:
+        pytest.fail(f"the real node failed to start: {err}", pytrace=False)
+    try:
+        yield node
+    finally:
+        node.stop()
+
+
+@pytest.fixture
+def real_node(
+    core_v1: Any, local_vramguard: LocalVramguard, real_node_session: RealNode
+) -> Iterator[RealNode]:
+    """The real node, with no pod left on it from an earlier test, advertising the T4's
+    14000 MiB, and its card (nothing in use) known to the extender. Its pods are
+    force-deleted afterwards, and the test waits until the kubelet has stopped them."""
+    node = real_node_session
+    _wait_node_empty(core_v1, node.name)
+    advertise_gpumem(core_v1, node.name, T4_ADVERTISED_MIB)
+    local_vramguard.set_card(node.name, total_mib=T4_MIB, used_mib=0)
+    yield node
+    for pod in core_v1.list_pod_for_all_namespaces(
+        field_selector=f"spec.nodeName={node.name}"
+    ).items:
+        delete_pod(core_v1, pod.metadata.namespace, pod.metadata.name)
+
+
+def advertise_gpumem(core: Any, node: str, mib: int) -> None:
+    """Set the node's vramguard.io/gpumem capacity with a status JSON patch, as the seeds'
+    node-status job and `vramguard advertise` do; the kubelet copies it into allocatable
+    (and writes it back in its own form: 14000 reads back as "14k")."""
+    core.patch_node_status(
+        node,
+        [{"op": "add", "path": "/status/capacity/vramguard.io~1gpumem", "value": str(mib)}],
+        _content_type="application/json-patch+json",
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if allocatable_gpumem(core, node) == mib:
+            return
+        time.sleep(0.25)
+    raise TimeoutError(f"the kubelet did not copy gpumem {mib} into {node}'s allocatable")
+
+
+def _wait_node_empty(core: Any, node: str, timeout: float = 60.0) -> None:
+    """Until no pod is bound to the node (the previous test's are force-deleted; the kubelet
+    stops their containers on its own)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pods = core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={node}").items
+        if not pods:
+            return
+        if time.monotonic() >= deadline:
+            names = [f"{p.metadata.namespace}/{p.metadata.name}" for p in pods]
+            raise TimeoutError(f"pods still on {node} after {timeout:.0f}s: {names}")
+        for pod in pods:
+            delete_pod(core, pod.metadata.namespace, pod.metadata.name)
+        time.sleep(0.5)
 
 
 @pytest.fixture

@@ -1,41 +1,74 @@
 #!/usr/bin/env bash
 # Install what the end-to-end suite and `make demo` need besides the Kubernetes binaries
-# (those come from controlplane/build.sh): Prometheus, from the distribution's packages.
+# (those, the kubelet and the sandbox's pause binary come from controlplane/build.sh), from
+# the distribution's packages:
 #
-# Idempotent: does nothing when prometheus and promtool are already on PATH. Installing
-# needs root and apt (Debian, Ubuntu); anywhere else it says what to install and fails.
+#   prometheus (with promtool)     Prometheus, and the alert rules' unit tests
+#   containerd, runc               the real node's container runtime
+#   containernetworking-plugins    its pods' network (bridge, host-local, loopback)
+#   busybox-static                 the one binary of its locally built workload image
+#   iproute2                       the bridge the node's address lives on
+#
+# Idempotent: installs only what is missing. Installing needs root and apt (Debian,
+# Ubuntu); anywhere else it says what to install and fails.
 set -euo pipefail
 
 log() { echo "[e2e/install-deps.sh] $*" >&2; }
 
-if command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; then
-    log "prometheus already installed: $(prometheus --version 2>&1 | head -n1)"
+# package -> a file it installs that the suite uses
+declare -A wants=(
+    [prometheus]=/usr/bin/prometheus
+    [containerd]=/usr/bin/containerd
+    [runc]=/usr/sbin/runc
+    [containernetworking-plugins]=/usr/lib/cni/bridge
+    [busybox-static]=/bin/busybox
+    [iproute2]=/usr/sbin/ip
+)
+have() {
+    case "$1" in
+        prometheus) command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 ;;
+        containerd) command -v containerd >/dev/null 2>&1 && command -v ctr >/dev/null 2>&1 ;;
+        runc) command -v runc >/dev/null 2>&1 ;;
+        iproute2) command -v ip >/dev/null 2>&1 ;;
+        *) [[ -x "${wants[$1]}" ]] ;;
+    esac
+}
+
+missing=()
+for package in prometheus containerd runc containernetworking-plugins busybox-static iproute2; do
+    have "$package" || missing+=("$package")
+done
+if [[ ${#missing[@]} -eq 0 ]]; then
+    log "already installed: $(prometheus --version 2>&1 | head -n1); $(containerd --version)"
     exit 0
 fi
 
 if ! command -v apt-get >/dev/null 2>&1; then
-    log "prometheus (with promtool) is missing and there is no apt-get to install it:"
-    log "install Prometheus 2.x from your distribution or https://prometheus.io/download/"
-    log "and put the prometheus and promtool binaries on PATH"
+    log "missing: ${missing[*]}, and there is no apt-get to install them:"
+    log "install Prometheus 2.x, containerd 1.6+, runc, the CNI plugins and a static busybox"
+    log "from your distribution, with prometheus, promtool, containerd, ctr and runc on PATH"
     exit 1
 fi
 
 if [[ "$(id -u)" -ne 0 ]]; then
-    log "prometheus (with promtool) is missing; installing it needs root:"
-    log "  sudo apt-get update && sudo apt-get install -y --no-install-recommends prometheus"
+    log "missing: ${missing[*]}; installing needs root:"
+    log "  sudo apt-get update && sudo apt-get install -y --no-install-recommends ${missing[*]}"
     log "(or run this script as root)"
     exit 1
 fi
 
-log "installing prometheus with apt-get"
+log "installing with apt-get: ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -q
-apt-get install -y -q --no-install-recommends prometheus
+# The packages start system-wide services (Prometheus on :9090, containerd on its default
+# socket) where there is an init system; the suite runs its own, on ports and sockets of its
+# own, and needs nothing from those.
+apt-get install -y -q --no-install-recommends "${missing[@]}"
 
-# The package starts a system-wide Prometheus on :9090 where there is an init system; the
-# suite runs its own on a free port and needs nothing from that one.
-if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
-    log "apt-get installed prometheus but prometheus/promtool are not on PATH"
-    exit 1
-fi
-log "installed: $(prometheus --version 2>&1 | head -n1)"
+for package in "${missing[@]}"; do
+    if ! have "$package"; then
+        log "apt-get installed $package but ${wants[$package]} is not there"
+        exit 1
+    fi
+done
+log "installed: ${missing[*]}"

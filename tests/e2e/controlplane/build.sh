@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Build etcd, kube-apiserver and kube-scheduler for the end-to-end suite.
+# Build etcd, kube-apiserver and kube-scheduler for the end-to-end suite, and the real node's
+# kubelet and the static `pause` binary of its sandbox image.
 #
 # The Kubernetes version is the single line in ./VERSION. The binaries land in a
 # cache outside the git tree, keyed by that version:
 #
 #   ${VRAMGUARD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/vramguard}/k8s-<version>/
-#       etcd  kube-apiserver  kube-scheduler
+#       etcd  kube-apiserver  kube-scheduler  kubelet  pause
 #
 # A binary already in the cache is not rebuilt. The last line printed is the
 # cache directory, so callers can do: dir="$(build.sh | tail -n1)".
@@ -32,7 +33,7 @@ staging_version="v0.${minor}.${BASH_REMATCH[2]}"
 
 cache_root="${VRAMGUARD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/vramguard}"
 out="$cache_root/k8s-$version"
-binaries=(etcd kube-apiserver kube-scheduler)
+binaries=(etcd kube-apiserver kube-scheduler kubelet pause)
 
 regen=0
 case "${1:-}" in
@@ -120,6 +121,7 @@ mkdir -p "$out"
 for b in "${missing[@]}"; do
     what="$b $version"
     [[ "$b" == etcd ]] && what="etcd (as pinned by k8s.io/kubernetes $version)"
+    [[ "$b" == pause ]] && what="pause (the real node's sandbox process)"
     log "building $what (first build takes several minutes)..."
     start=$SECONDS
     go build -trimpath -ldflags "-s -w$version_ldflags" -o "$out/.$b.tmp" "./cmd/$b"

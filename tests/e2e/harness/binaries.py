@@ -1,4 +1,5 @@
-"""Find (building on first use) the etcd, kube-apiserver and kube-scheduler binaries.
+"""Find (building on first use) the etcd, kube-apiserver and kube-scheduler binaries, and the
+real node's kubelet and sandbox ``pause`` binary.
 
 They are built by ``tests/e2e/controlplane/build.sh`` from the Kubernetes version in
 ``tests/e2e/controlplane/VERSION`` into a cache outside the git tree:
@@ -29,6 +30,8 @@ class Binaries:
     etcd: Path
     kube_apiserver: Path
     kube_scheduler: Path
+    kubelet: Path
+    pause: Path
 
     @classmethod
     def in_directory(cls, directory: Path) -> Binaries:
@@ -36,11 +39,19 @@ class Binaries:
             etcd=directory / "etcd",
             kube_apiserver=directory / "kube-apiserver",
             kube_scheduler=directory / "kube-scheduler",
+            kubelet=directory / "kubelet",
+            pause=directory / "pause",
         )
 
     def missing(self) -> list[Path]:
+        """The control plane's binaries that are not there (the real node's aside)."""
         paths = (self.etcd, self.kube_apiserver, self.kube_scheduler)
         return [p for p in paths if not os.access(p, os.X_OK)]
+
+    def kubelet_missing(self) -> list[Path]:
+        """The real node's binaries that are not there: a VRAMGUARD_K8S_BIN_DIR may hold only
+        the control plane's."""
+        return [p for p in (self.kubelet, self.pause) if not os.access(p, os.X_OK)]
 
 
 def kubernetes_version() -> str:
@@ -72,7 +83,7 @@ def ensure_binaries(*, build: bool = True, timeout: float = 3600.0) -> Binaries:
         return binaries
 
     binaries = Binaries.in_directory(cache_dir())
-    if not binaries.missing():
+    if not binaries.missing() and not binaries.kubelet_missing():
         return binaries
     if not build:
         raise BinariesUnavailable(f"{_names(binaries.missing())} not built; run {BUILD_SCRIPT}")
@@ -82,9 +93,10 @@ def ensure_binaries(*, build: bool = True, timeout: float = 3600.0) -> Binaries:
             f"them; install Go and run {BUILD_SCRIPT} (or set VRAMGUARD_K8S_BIN_DIR)"
         )
     _run_build_script(timeout)
-    if binaries.missing():
+    if binaries.missing() or binaries.kubelet_missing():
         raise BinariesUnavailable(
-            f"{BUILD_SCRIPT} succeeded but {_names(binaries.missing())} are still missing"
+            f"{BUILD_SCRIPT} succeeded but "
+            f"{_names(binaries.missing() + binaries.kubelet_missing())} are still missing"
         )
     return binaries
 

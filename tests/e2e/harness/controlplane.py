@@ -52,6 +52,9 @@ ENABLE_ADMISSION_PLUGINS = (
     "MutatingAdmissionWebhook",
     "ValidatingAdmissionWebhook",
     "ResourceQuota",
+    # The real node's kubelet authenticates as system:node:<name>; the Node authorizer and
+    # this plugin limit it to its own Node and pods, as on a kubeadm cluster.
+    "NodeRestriction",
 )
 DISABLE_ADMISSION_PLUGINS = ("ServiceAccount",)
 
@@ -76,6 +79,7 @@ class ClusterBase:
         self._scheduler_ports: dict[str, int] = {}
         self._log_files: dict[str, Path] = {}
         self._binaries: Binaries | None = None
+        self._cleanups: list[Callable[[], None]] = []
         self.kept_workdir: Path | None = None
         """Set by ``stop()`` when it kept the working directory (logs) for inspection."""
 
@@ -129,6 +133,12 @@ class ClusterBase:
         stderr, or None.
         """
         crashed = [p for p in self._processes if p.returncode not in (None, 0)]
+        while self._cleanups:
+            cleanup = self._cleanups.pop()
+            try:
+                cleanup()
+            except Exception as err:  # the other cleanups and processes still go
+                print(f"[vramguard e2e] cleanup {cleanup!r} failed: {err}", file=sys.stderr)
         for process in reversed(self._processes):
             process.stop()
         self._processes.clear()
@@ -157,6 +167,11 @@ class ClusterBase:
     ) -> None:
         clean_exit = exc is None or (isinstance(exc, SystemExit) and exc.code in (0, None))
         self.stop(keep_logs=None if clean_exit else True)
+
+    def add_cleanup(self, cleanup: Callable[[], None]) -> None:
+        """Run ``cleanup`` at ``stop()`` (newest first), before the processes are stopped:
+        for what stopping a process does not undo (the real node's mounts, its bridge)."""
+        self._cleanups.append(cleanup)
 
     def log_files(self) -> dict[str, Path]:
         """Log file of every process started so far (stopped ones too), by process name."""
@@ -319,6 +334,7 @@ class ControlPlane(ClusterBase):
         self._server: str | None = None
         self._ca_file: Path | None = None
         self._etcd_url: str | None = None
+        self._ca: CertificateAuthority | None = None
 
     @property
     def is_local(self) -> bool:
@@ -343,6 +359,13 @@ class ControlPlane(ClusterBase):
         if self._ca_file is None:
             raise ControlPlaneError("control plane not started")
         return self._ca_file
+
+    @property
+    def ca(self) -> CertificateAuthority:
+        """The cluster CA, key included: it signs the real node's kubelet certificates."""
+        if self._ca is None:
+            raise ControlPlaneError("control plane not started")
+        return self._ca
 
     @property
     def etcd_url(self) -> str:
@@ -372,6 +395,7 @@ class ControlPlane(ClusterBase):
         )
         service_account = write_service_account_keys(pki_dir)
         self._ca_file = ca.cert_path
+        self._ca = ca
 
         etcd = self._start_etcd(binaries)
 
@@ -400,7 +424,9 @@ class ControlPlane(ClusterBase):
                 f"--service-account-signing-key-file={service_account.key}",
                 f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
                 f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
-                "--authorization-mode=RBAC",
+                "--authorization-mode=Node,RBAC",
+                # The real node's kubelet serves logs and exec on 127.0.0.1 (its InternalIP).
+                "--kubelet-preferred-address-types=InternalIP,Hostname",
                 f"--enable-admission-plugins={','.join(ENABLE_ADMISSION_PLUGINS)}",
                 f"--disable-admission-plugins={','.join(DISABLE_ADMISSION_PLUGINS)}",
                 "--allow-privileged=true",

@@ -4,9 +4,10 @@ no kubelet behind them, so pods can be scheduled (bound) onto them but never run
 from __future__ import annotations
 
 import datetime
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from decimal import Decimal
+from typing import Any, cast
 
 # Taints that keep pods off a node until a kubelet / the node lifecycle controller
 # report it healthy. The TaintNodesByCondition admission plugin adds the first to every
@@ -164,3 +165,14 @@ def delete_node(core: Any, name: str) -> None:
     except ApiException as err:
         if err.status != 404:
             raise
+
+
+def allocatable_gpumem(core: Any, name: str) -> int | None:
+    """The Node's allocatable vramguard.io/gpumem in MiB (None: not advertised). A kubelet
+    writes quantities back in its own form: 14000 reads as "14k"."""
+    from kubernetes.utils import parse_quantity  # noqa: PLC0415
+
+    parse = cast(Callable[[str], Decimal], parse_quantity)
+    allocatable = core.read_node(name).status.allocatable or {}
+    value = allocatable.get(GPUMEM_RESOURCE)
+    return None if value is None else int(parse(value))

@@ -1,6 +1,7 @@
 """Pods for the e2e tests: build one that asks for GPU resources, and wait for the
-scheduler to bind it. Nothing runs them (no kubelet), so "scheduled" means
-``spec.nodeName`` is set."""
+scheduler to bind it. On the API-only nodes nothing runs them, so "scheduled" means
+``spec.nodeName`` is set; on the real node (realnode.py) the kubelet runs them, with the
+locally built busybox image and a command (``running_pod`` there)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,9 @@ def gpu_pod(
     gpumem_mib: int | None = None,
     priority_class_name: str | None = None,
     termination_grace_period_seconds: int = 0,
+    image: str = PLACEHOLDER_IMAGE,
+    command: list[str] | None = None,
+    node_name: str | None = None,
 ) -> Any:
     """A one-container V1Pod with ``nvidia.com/gpu: gpus`` as its limit (plus extras).
 
@@ -35,7 +39,9 @@ def gpu_pod(
     for tests that must not depend on which fake node a scheduler prefers.
     ``gpumem_mib`` declares a GPU-memory budget (``vramguard.io/gpumem`` limit, MiB).
     ``termination_grace_period_seconds`` above 0 makes a deletion graceful: the pod then
-    stays, terminating, until ``kubelet.finish_terminating`` (no kubelet runs here).
+    stays, terminating, until ``kubelet.finish_terminating`` (or the real node's kubelet).
+    ``image`` and ``command`` are for the real node (never pulled: ``imagePullPolicy:
+    Never``); ``node_name`` places the pod itself, bypassing every scheduler.
     """
     from kubernetes import client  # noqa: PLC0415
 
@@ -52,6 +58,7 @@ def gpu_pod(
         ),
         spec=client.V1PodSpec(
             scheduler_name=scheduler_name,
+            node_name=node_name,
             priority_class_name=priority_class_name,
             node_selector=(
                 {"kubernetes.io/hostname": node_name_selector} if node_name_selector else None
@@ -61,7 +68,9 @@ def gpu_pod(
             containers=[
                 client.V1Container(
                     name="main",
-                    image=PLACEHOLDER_IMAGE,
+                    image=image,
+                    image_pull_policy="Never",
+                    command=command,
                     resources=client.V1ResourceRequirements(
                         requests=dict(requests or {}) or None,
                         limits=pod_limits or None,
@@ -259,3 +268,56 @@ def _scheduling_status(core: Any, pod: Any) -> str:
     else:
         events_text = "; ".join(f"{e.reason}: {e.message}" for e in events[-5:]) or "no events"
     return f"{'; '.join(conditions) or 'no PodScheduled condition'}; events: {events_text}"
+
+
+def wait_for_phase(
+    core: Any,
+    namespace: str,
+    name: str,
+    phases: str | tuple[str, ...],
+    *,
+    timeout: float = 60.0,
+    interval: float = 0.25,
+) -> Any:
+    """Wait until a kubelet has reported the pod in one of ``phases`` (``Running``: every
+    container also started); return the V1Pod. Raises TimeoutError with its last status."""
+    wanted = (phases,) if isinstance(phases, str) else phases
+    deadline = time.monotonic() + timeout
+    pod = None
+    while True:
+        pod = core.read_namespaced_pod(name, namespace)
+        phase = pod.status.phase if pod.status else None
+        started = all(s.started for s in (pod.status.container_statuses or [None]) if s)
+        if phase in wanted and (phase != "Running" or started):
+            return pod
+        if phase in ("Succeeded", "Failed") and phase not in wanted:
+            raise AssertionError(
+                f"pod {namespace}/{name} ended {phase} ({pod.status.reason}: "
+                f"{pod.status.message}), not {'/'.join(wanted)}"
+            )
+        if time.monotonic() >= deadline:
+            status = pod.status.to_dict() if pod.status else {}
+            raise TimeoutError(
+                f"pod {namespace}/{name} not {'/'.join(wanted)} after {timeout:.0f}s: "
+                f"phase {phase}, status {status}"
+            )
+        time.sleep(interval)
+
+
+def wait_for_gone(
+    core: Any, namespace: str, name: str, *, timeout: float = 60.0, interval: float = 0.25
+) -> None:
+    """Wait until the pod object is gone (a kubelet finished a graceful deletion)."""
+    from kubernetes.client.exceptions import ApiException  # noqa: PLC0415
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            core.read_namespaced_pod(name, namespace)
+        except ApiException as err:
+            if err.status == 404:
+                return
+            raise
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"pod {namespace}/{name} still there after {timeout:.0f}s")
+        time.sleep(interval)

@@ -84,6 +84,24 @@ class Prometheus:
         if self._process is not None:
             self._cluster.stop_process(self._process)
 
+    def add_target(self, address: str, timeout: float = 30.0) -> None:
+        """Scrape one more ``host:port`` (the real node's node agent, say), without a restart:
+        the targets are a file Prometheus rereads (file_sd); waits for its first scrape."""
+        if address not in self._targets:
+            self._targets.append(address)
+            self._write_targets()
+        wait_until(
+            f"Prometheus's first scrape of {address}",
+            self._targets_up,
+            timeout=timeout,
+            watch=[self._process] if self._process else [],
+        )
+
+    def remove_target(self, address: str) -> None:
+        if address in self._targets:
+            self._targets.remove(address)
+            self._write_targets()
+
     def query(self, expr: str, timeout: float = 5.0) -> list[dict[str, Any]]:
         """An instant query; the result vector."""
         url = f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
@@ -97,8 +115,18 @@ class Prometheus:
 
     # -- internals ---------------------------------------------------------------------
 
+    @property
+    def _targets_file(self) -> Path:
+        return self._directory / "targets.json"
+
+    def _write_targets(self) -> None:
+        scratch = self._targets_file.with_suffix(".tmp")
+        scratch.write_text(json.dumps([{"targets": self._targets}]))
+        scratch.replace(self._targets_file)  # Prometheus never reads half a file
+
     def _new_process(self) -> ManagedProcess:
         self._directory.mkdir(parents=True, exist_ok=True)
+        self._write_targets()
         config = self._directory / "prometheus.yml"
         config.write_text(
             yaml.safe_dump(
@@ -109,7 +137,12 @@ class Prometheus:
                         "evaluation_interval": SCRAPE_INTERVAL,
                     },
                     "scrape_configs": [
-                        {"job_name": JOB, "static_configs": [{"targets": self._targets}]}
+                        {
+                            "job_name": JOB,
+                            "file_sd_configs": [
+                                {"files": [str(self._targets_file)], "refresh_interval": "1s"}
+                            ],
+                        }
                     ],
                 },
                 sort_keys=False,

@@ -15,10 +15,13 @@ from typing import Any
 
 import yaml
 
+from .images import WORKLOAD_IMAGE
 from .kubelet import mark_running
-from .pods import gpu_pod, wait_for_pod_node
+from .pods import PLACEHOLDER_IMAGE, gpu_pod, wait_for_phase, wait_for_pod_node
 from .vramguard import BASE_POLICY, LocalVramguard
 
+# What a tenant runs on the real node: it holds its (fake) VRAM until deleted.
+SLEEP_FOREVER = ["sleep", "86400"]
 # Container start time the fake kubelet reports for the tenants: long before the test, so no
 # tenant counts as warming up (the e2e policy's warm-up is 0 anyway).
 LONG_AGO = datetime.timedelta(hours=1)
@@ -77,23 +80,28 @@ def deploy(
     namespace: str,
     node: str,
     *,
+    real_node: bool = False,
     timeout: float = 60.0,
 ) -> str:
     """Create the tenant's pod pinned to ``node`` (through the webhook, to the
-    vramguard-scheduler), wait until it is bound there, and report it running, as its
-    kubelet would. Returns the node it was bound to."""
-    core.create_namespaced_pod(
-        namespace,
-        gpu_pod(
-            tenant.pod,
-            namespace=namespace,
-            node_name_selector=node,
-            gpumem_mib=tenant.declared_mib,
-        ),
+    vramguard-scheduler) and wait until it is bound there. On the real node its kubelet
+    runs it (the test waits for Running); on an API-only node the test reports it running,
+    as a kubelet would. Returns the node it was bound to."""
+    pod = gpu_pod(
+        tenant.pod,
+        namespace=namespace,
+        node_name_selector=node,
+        gpumem_mib=tenant.declared_mib,
+        image=WORKLOAD_IMAGE if real_node else PLACEHOLDER_IMAGE,
+        command=SLEEP_FOREVER if real_node else None,
     )
+    core.create_namespaced_pod(namespace, pod)
     bound = wait_for_pod_node(core, namespace, tenant.pod, timeout=timeout)
-    started = datetime.datetime.now(datetime.UTC) - LONG_AGO
-    mark_running(core, namespace, tenant.pod, started=started)
+    if real_node:
+        wait_for_phase(core, namespace, tenant.pod, "Running", timeout=timeout)
+    else:
+        started = datetime.datetime.now(datetime.UTC) - LONG_AGO
+        mark_running(core, namespace, tenant.pod, started=started)
     return bound
 
 
@@ -109,8 +117,10 @@ class TenantCard:
         *,
         total_mib: int,
         driver_mib: int = 0,
+        real_node: bool = False,
     ) -> None:
         self.core = core
+        self.real_node = real_node
         self.vramguard = vramguard
         self.node = node
         self.total_mib = total_mib
@@ -127,7 +137,7 @@ class TenantCard:
 
     def run(self, tenant: Tenant, namespace: str) -> None:
         """Deploy the tenant on this node; once it runs, the card reports its usage."""
-        deploy(self.core, tenant, namespace, self.node)
+        deploy(self.core, tenant, namespace, self.node, real_node=self.real_node)
         self.set_usage(tenant.pod, tenant.uses_mib)
 
     def set_usage(self, pod: str, mib: int) -> None:
