@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """``make demo``: vramguard on a real (local) Kubernetes control plane, told as a short story.
 
-On a fresh machine it first builds what it needs (the Kubernetes binaries with
-tests/e2e/controlplane/build.sh, Prometheus with tests/e2e/install-deps.sh), then starts
-etcd, kube-apiserver, kube-scheduler, Prometheus with a fake GPU exporter, the vramguard
-webhook and extender and the vramguard-scheduler, all on 127.0.0.1, plays three scenes, and
-stops everything again, on Ctrl-C too.
+On a fresh machine it first builds what it needs (the Kubernetes binaries and the kubelet with
+tests/e2e/controlplane/build.sh; Prometheus, containerd, runc and the CNI plugins with
+tests/e2e/install-deps.sh), then starts etcd, kube-apiserver, kube-scheduler, Prometheus with
+a fake GPU exporter, the vramguard webhook and extender and the vramguard-scheduler, all on
+127.0.0.1, and one real node (a kubelet with containerd and a fake GPU device plugin) whose
+pods really run. It plays three scenes, the first on the real node, and stops everything
+again, on Ctrl-C too. Without root or containerd, scene 1 runs on an API-only node.
 
     .venv/bin/python -m tests.demo.demo [--hold]
 
@@ -46,7 +48,9 @@ from tests.e2e.harness import (  # noqa: E402 - needs the repository root on sys
 )
 from tests.e2e.harness.binaries import BUILD_SCRIPT  # noqa: E402
 from tests.e2e.harness.gpu_exporter import CardReading  # noqa: E402
+from tests.e2e.harness.nodes import advertise_gpumem  # noqa: E402
 from tests.e2e.harness.pods import declared_gpumem  # noqa: E402
+from tests.e2e.harness.realnode import RealNode, RealNodeUnavailable  # noqa: E402
 from tests.e2e.harness.tenants import (  # noqa: E402
     SEEDS,
     Tenant,
@@ -67,11 +71,14 @@ TWO_CARD_CAPACITY_MIB = 15360  # what each of its cards holds in budgets (advert
 class Demo:
     """The story, told against a started cluster and vramguard."""
 
-    def __init__(self, cluster: ControlPlane, vramguard: LocalVramguard) -> None:
+    def __init__(
+        self, cluster: ControlPlane, vramguard: LocalVramguard, real_node: RealNode | None
+    ) -> None:
         from kubernetes import client  # noqa: PLC0415
 
         self.core: Any = client.CoreV1Api(cluster.api_client())
         self.vramguard = vramguard
+        self.real_node = real_node
         self.namespaces: dict[str, str] = {}
         self.shown_nodes: list[str] = []
 
@@ -88,15 +95,27 @@ class Demo:
         roles = [t.role for t in (*SEEDS, sixth)]
         self.namespaces = namespaces_for(roles, self.make_namespace)
         self.vramguard.add_namespaces(policy_entries(self.namespaces))
-        node_a = self.add_node("node-a")
+        real = self.real_node is not None
+        node_a = self.add_real_node() if self.real_node is not None else self.add_node("node-a")
+        where = (
+            "a real kubelet runs its pods (containerd, runc; a fake NVIDIA device plugin hands "
+            "out the GPU's time-sliced replicas)"
+            if real
+            else "no kubelet runs here, so the demo reports the pods running itself"
+        )
         say(
-            f"node-a has one Tesla T4 ({CARD_MIB} MiB) and advertises {ADVERTISED_MIB} MiB of "
-            "vramguard.io/gpumem. The five always-on tenants arrive one by one; each pod asks "
-            "only for nvidia.com/gpu: 1, and the webhook adds its namespace's GPU-memory "
-            "budget, priority class and scheduler."
+            f"{node_a} has one Tesla T4 ({CARD_MIB} MiB) and advertises {ADVERTISED_MIB} MiB of "
+            f"vramguard.io/gpumem; {where}. The five always-on tenants arrive one by one; each "
+            "pod asks only for nvidia.com/gpu: 1, and the webhook adds its namespace's "
+            "GPU-memory budget, priority class and scheduler."
         )
         card = TenantCard(
-            self.core, self.vramguard, node_a, total_mib=CARD_MIB, driver_mib=DRIVER_MIB
+            self.core,
+            self.vramguard,
+            node_a,
+            total_mib=CARD_MIB,
+            driver_mib=DRIVER_MIB,
+            real_node=real,
         )
         for tenant in SEEDS:
             card.run(tenant, self.namespaces[tenant.role])
@@ -229,7 +248,7 @@ class Demo:
         )
         if rows:
             print_table(
-                ["NAMESPACE", "POD", "CLASS", "GPUMEM", "NODE / PENDING REASON"],
+                ["NAMESPACE", "POD", "CLASS", "GPUMEM", "PHASE", "NODE / PENDING REASON"],
                 rows,
                 numeric={3},
             )
@@ -261,6 +280,15 @@ class Demo:
         self.core.create_namespace({"metadata": {"name": name}})
         return name
 
+    def add_real_node(self) -> str:
+        """The real node, advertising like node-a would, its card known to the extender."""
+        assert self.real_node is not None
+        name = self.real_node.name
+        advertise_gpumem(self.core, name, ADVERTISED_MIB)
+        self.vramguard.set_card(name, total_mib=CARD_MIB, used_mib=DRIVER_MIB)
+        self.shown_nodes.append(name)
+        return name
+
     def add_node(self, name: str) -> str:
         spec = GPUNodeSpec(
             name=name, gpu_replicas=8, gpu_memory_mib=CARD_MIB, gpumem_mib=ADVERTISED_MIB
@@ -285,7 +313,7 @@ class Demo:
     def show(self, *, nodes_only: bool = False) -> None:
         if not nodes_only:
             print_table(
-                ["NAMESPACE", "POD", "CLASS", "GPUMEM", "NODE / PENDING REASON"],
+                ["NAMESPACE", "POD", "CLASS", "GPUMEM", "PHASE", "NODE / PENDING REASON"],
                 list(self.pod_rows()),
                 numeric={3},
             )
@@ -307,6 +335,7 @@ class Demo:
                     pod.metadata.name,
                     pod.spec.priority_class_name or "-",
                     f"{declared_gpumem(pod)} MiB",
+                    phase(pod),
                     where,
                 ]
 
@@ -353,6 +382,13 @@ def say(text: str, width: int = 88) -> None:
 
 def step(text: str) -> None:
     print(f"-> {text}", flush=True)
+
+
+def phase(pod: Any) -> str:
+    """The pod's phase as its kubelet reported it; "bound" for one placed on an API-only node
+    that no kubelet (nor the demo) has reported on."""
+    value = str(pod.status.phase or "-")
+    return "bound" if value == "Pending" and pod.spec.node_name else value
 
 
 def mib(value: object) -> str:
@@ -408,6 +444,19 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def start_real_node(cluster: ControlPlane) -> RealNode | None:
+    """The real node for scene 1, or None (and why) where this machine cannot run one."""
+    step("starting a real node: containerd, a kubelet and a fake GPU device plugin")
+    node = RealNode(cluster, name="node-a", gpus=1, replicas=8, gpu_memory_mib=CARD_MIB)
+    cluster.add_cleanup(node.stop)
+    try:
+        node.start()
+    except RealNodeUnavailable as err:
+        step(f"no real node ({err}): scene 1 runs on an API-only node")
+        return None
+    return node
+
+
 def run(hold: bool, say_done: Callable[[str], None] = step) -> int:
     cluster = ControlPlane(keep_logs=False)
     vramguard: LocalVramguard | None = None
@@ -418,7 +467,7 @@ def run(hold: bool, say_done: Callable[[str], None] = step) -> int:
         step("starting Prometheus + GPU exporter, vramguard webhook, extender and scheduler")
         vramguard = LocalVramguard(cluster)
         vramguard.start()
-        Demo(cluster, vramguard).play()
+        Demo(cluster, vramguard, start_real_node(cluster)).play()
         if hold:
             say(
                 f"Everything keeps running: KUBECONFIG={cluster.kubeconfig} kubectl get pods -A. "
@@ -436,10 +485,12 @@ def run(hold: bool, say_done: Callable[[str], None] = step) -> int:
         # with this process, by the harness's parent-death signal).
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        say_done("stopping everything")
-        if vramguard is not None:
-            vramguard.stop()
-        kept = cluster.stop(keep_logs=failed)
+        try:
+            say_done("stopping everything")
+        finally:  # also when the output is gone (a closed pipe): the real node must go
+            if vramguard is not None:
+                vramguard.stop()
+            kept = cluster.stop(keep_logs=failed)
         if kept is None:
             say_done("stopped; nothing left running")
     return 0

@@ -39,7 +39,7 @@ from .harness import (
     vramguard_for,
 )
 from .harness.controlplane import ControlPlane
-from .harness.nodes import allocatable_gpumem
+from .harness.nodes import advertise_gpumem
 from .harness.realnode import RealNode, RealNodeUnavailable
 from .harness.tenants import Tenant, TenantCard, namespaces_for, policy_entries
 
@@ -224,6 +224,8 @@ def real_node_session(control_plane: ClusterBase) -> Iterator[RealNode]:
         yield node
     finally:
         node.stop()
+    left = node.leftovers()
+    assert not left, f"the real node left things behind: {left}"
 
 
 @pytest.fixture
@@ -242,23 +244,6 @@ def real_node(
         field_selector=f"spec.nodeName={node.name}"
     ).items:
         delete_pod(core_v1, pod.metadata.namespace, pod.metadata.name)
-
-
-def advertise_gpumem(core: Any, node: str, mib: int) -> None:
-    """Set the node's vramguard.io/gpumem capacity with a status JSON patch, as the seeds'
-    node-status job and `vramguard advertise` do; the kubelet copies it into allocatable
-    (and writes it back in its own form: 14000 reads back as "14k")."""
-    core.patch_node_status(
-        node,
-        [{"op": "add", "path": "/status/capacity/vramguard.io~1gpumem", "value": str(mib)}],
-        _content_type="application/json-patch+json",
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if allocatable_gpumem(core, node) == mib:
-            return
-        time.sleep(0.25)
-    raise TimeoutError(f"the kubelet did not copy gpumem {mib} into {node}'s allocatable")
 
 
 def _wait_node_empty(core: Any, node: str, timeout: float = 60.0) -> None:

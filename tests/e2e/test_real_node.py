@@ -348,7 +348,45 @@ def test_preemption_victims_are_terminated_by_the_kubelet(
     assert declared_on_node(core_v1, node) == 14000
 
 
-# --- 7. the node agent against real containers ----------------------------------------------
+# --- 7. what the kubelet's PodResources API answers -------------------------------------------
+
+
+def test_pod_resources_api_names_each_containers_gpu_replica(
+    core_v1: Any,
+    local_vramguard: LocalVramguard,
+    make_namespace: Callable[..., str],
+    real_node: RealNode,
+) -> None:
+    from kube.podresources import PodResourcesClient  # noqa: PLC0415
+
+    node = real_node.name
+    namespace = make_namespace("podres")
+    for name in ("a", "b"):
+        run_on_node(core_v1, namespace, real_pod(name, namespace, node, gpumem_mib=1000), node)
+
+    client = PodResourcesClient(real_node.pod_resources_socket)
+    try:
+        allocatable = client.allocatable()
+        held = {
+            entry.pod: entry.device_ids
+            for entry in client.list()
+            if entry.namespace == namespace and entry.resource == GPU_RESOURCE
+        }
+        (one,) = client.get(namespace, "a")
+    finally:
+        client.close()
+    uuid = card_uuid(node, 0)
+    # Every replica of the one GPU, named `<uuid>::<replica>` as NVIDIA's plugin names them.
+    assert sorted(allocatable[GPU_RESOURCE]) == sorted(
+        f"{uuid}::{i}" for i in range(real_node.replicas)
+    )
+    assert set(held) == {"a", "b"}, held
+    assert all(len(ids) == 1 and ids[0].startswith(f"{uuid}::") for ids in held.values()), held
+    assert held["a"] != held["b"], "two containers got the same replica"
+    assert (one.container, one.resource, one.device_ids) == ("main", GPU_RESOURCE, held["a"])
+
+
+# --- 8. the node agent against real containers ----------------------------------------------
 
 
 def test_node_agent_reads_real_pods_and_their_cards_reach_the_extender(
@@ -388,21 +426,31 @@ def test_node_agent_reads_real_pods_and_their_cards_reach_the_extender(
                 nvml.set_process(pid, card, mib)
             assert set(uuids.values()) == {card_uuid(node, 0), card_uuid(node, 1)}, uuids
 
-            def cards_known(state: dict[str, Any]) -> bool:
-                held = {
-                    pod["name"]: pod.get("card")
-                    for pod in state.get("pods", [])
-                    if pod.get("namespace") == namespace
+            # What the extender must end up seeing, all from the node agent: each pod on the
+            # card the device plugin gave it, with the memory its process holds, and each
+            # card's free memory.
+            expected = {
+                "pods": {name: (uuids[name], mib) for name, mib in uses.items()},
+                "free": {uuids[name]: T4_MIB - DRIVER_MIB - mib for name, mib in uses.items()},
+            }
+
+            def seen(state: dict[str, Any]) -> dict[str, Any]:
+                return {
+                    "pods": {
+                        pod["name"]: (pod.get("card"), pod.get("usedMiB"))
+                        for pod in state.get("pods", [])
+                        if pod.get("namespace") == namespace
+                    },
+                    "free": {card["uuid"]: card["liveFreeMiB"] for card in state["cards"]},
                 }
-                return held == {name: uuids[name] for name in uses}
 
             state = vramguard.wait_for_node(
-                node, check=cards_known, what="with each pod on its card", timeout=60
+                node,
+                check=lambda state: seen(state) == expected,
+                what="with each pod on its card and its usage",
+                timeout=60,
             )
-            free = {card["uuid"]: card["liveFreeMiB"] for card in state["cards"]}
-            assert free == {uuids[name]: T4_MIB - DRIVER_MIB - mib for name, mib in uses.items()}, (
-                state["cards"]
-            )
+            assert seen(state) == expected
     finally:
         vramguard.prometheus.remove_target(address)
         control_plane.stop_process(agent)

@@ -4,6 +4,7 @@ no kubelet behind them, so pods can be scheduled (bound) onto them but never run
 from __future__ import annotations
 
 import datetime
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -176,3 +177,21 @@ def allocatable_gpumem(core: Any, name: str) -> int | None:
     allocatable = core.read_node(name).status.allocatable or {}
     value = allocatable.get(GPUMEM_RESOURCE)
     return None if value is None else int(parse(value))
+
+
+def advertise_gpumem(core: Any, node: str, mib: int, timeout: float = 30.0) -> None:
+    """Set the node's vramguard.io/gpumem capacity with a status JSON patch, as the seeds'
+    node-status job and `vramguard advertise` do; the kubelet copies it into allocatable
+    (and writes it back in its own form: 14000 reads back as "14k")."""
+    path = "/status/capacity/" + GPUMEM_RESOURCE.replace("/", "~1")  # JSON pointer escape
+    core.patch_node_status(
+        node,
+        [{"op": "add", "path": path, "value": str(mib)}],
+        _content_type="application/json-patch+json",
+    )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if allocatable_gpumem(core, node) == mib:
+            return
+        time.sleep(0.25)
+    raise TimeoutError(f"the kubelet did not copy gpumem {mib} into {node}'s allocatable")

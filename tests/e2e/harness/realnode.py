@@ -181,6 +181,8 @@ class RealNode:
                 f"another kubelet already serves {DEVICE_PLUGIN_DIR}/kubelet.sock: "
                 "only one real node fits a machine"
             )
+        for cleaned in reap_stale_nodes():
+            print(f"[vramguard e2e] {cleaned}", file=sys.stderr)
         try:
             self._start(timeout)
         except BaseException:
@@ -250,6 +252,17 @@ class RealNode:
         while time.monotonic() < deadline and self._ctr("tasks", "ls", "-q", check=False).stdout:
             time.sleep(0.25)
 
+    def leftovers(self) -> list[str]:
+        """What a stopped node left behind (empty when stop() undid everything): processes,
+        mounts, the bridge, global paths it created."""
+        found = [f"{p.name} still running (pid {p.pid})" for p in self.processes if p.alive()]
+        found += [f"mounted: {m}" for m in _mount_points() if self.directory in m.parents]
+        if Path(f"/sys/class/net/{BRIDGE}").exists():
+            found.append(f"bridge {BRIDGE} still there")
+        found += [f"shim still running: pid {pid}" for pid in self._shim_pids()]
+        found += [f"left: {path}" for path in self._created if path.exists()]
+        return found
+
     # -- containerd --------------------------------------------------------------------
 
     def _start_containerd(self) -> None:
@@ -310,21 +323,13 @@ class RealNode:
 
     def _kill_leftover_shims(self) -> None:
         """containerd's shims outlive it by design; kill those that served this node."""
-        address = str(self.containerd_socket)
-        for proc in Path("/proc").iterdir():
-            if not proc.name.isdigit():
-                continue
-            try:
-                cmdline = (proc / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if (
-                cmdline
-                and cmdline[0].endswith(b"containerd-shim-runc-v2")
-                and any(address.encode() in part for part in cmdline)
-            ):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(int(proc.name), signal.SIGKILL)
+        for pid in self._shim_pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    def _shim_pids(self) -> list[int]:
+        """The containerd shims started for this node's containerd (by its socket path)."""
+        return [pid for pid, address in _shims() if address == self.containerd_socket]
 
     def _write_cni_config(self) -> None:
         conf_dir = self.directory / "cni" / "net.d"
@@ -517,8 +522,11 @@ class RealNode:
                 f"--gpus={self.gpus}",
                 f"--replicas={self.replicas}",
                 f"--plugin-dir={DEVICE_PLUGIN_DIR}",
+                # The fake NVML's cards (for the node agent) are the ones the kubelet gets.
+                f"--memory-mib={self.gpu_memory_mib}",
             ],
             self.cluster.workdir / "logs" / f"device-plugin-{self.name}.log",
+            env={"VRAMGUARD_FAKE_NVML_STATE": str(self.nvml_state)},
             cwd=REPO,
         )
         self.cluster.start_process(self._device_plugin)
@@ -639,6 +647,77 @@ def _socket_answers(path: Path) -> bool:
         except OSError:
             return False
         return True
+
+
+def reap_stale_nodes() -> list[str]:
+    """Undo what a real node of an earlier run left when its harness was killed outright
+    (SIGKILL, a closed terminal: no cleanup could run): its containerd shims, which outlive
+    everything, and its mounts. A node directory is known by its layout (a containerd config
+    and a kubelet config side by side) and is stale when its containerd no longer answers.
+    Returns what it did, one line each."""
+    done: list[str] = []
+    stale: set[Path] = set()
+    for pid, address in _shims():
+        node_dir = address.parent.parent
+        if _is_node_directory(node_dir) and not _socket_answers(address):
+            # The containers' processes first: they are the shim's children (it is their
+            # subreaper), and would run on, orphaned, once it is gone.
+            for process in [*_descendants(pid), pid]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(process, signal.SIGKILL)
+            done.append(f"killed stale shim {pid} of {node_dir} and its containers")
+            stale.add(node_dir)
+    for point in _mount_points():
+        for parent in point.parents:
+            if _is_node_directory(parent):
+                if not _socket_answers(parent / "containerd" / "containerd.sock"):
+                    stale.add(parent)
+                break
+    for node_dir in sorted(stale):
+        _unmount_below(node_dir)
+        done.append(f"unmounted what a stale real node left under {node_dir}")
+    return done
+
+
+def _is_node_directory(path: Path) -> bool:
+    return (path / "containerd" / "config.toml").is_file() and (path / "kubelet-config").is_dir()
+
+
+def _shims() -> list[tuple[int, Path]]:
+    """Every running containerd shim: its PID and the containerd socket it serves."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            args = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue  # gone meanwhile
+        if args[0].endswith("containerd-shim-runc-v2") and "-address" in args[:-1]:
+            found.append((int(proc.name), Path(args[args.index("-address") + 1])))
+    return found
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (children first), from /proc/<pid>/stat's parent field."""
+    parents: dict[int, list[int]] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text()
+        except OSError:
+            continue  # gone meanwhile
+        # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        parents.setdefault(ppid, []).append(int(proc.name))
+    found: list[int] = []
+    todo = list(parents.get(pid, []))
+    while todo:
+        child = todo.pop(0)
+        found.append(child)
+        todo.extend(parents.get(child, []))
+    return found
 
 
 def _mount_points() -> list[Path]:
