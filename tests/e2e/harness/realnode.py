@@ -132,6 +132,7 @@ class RealNode:
         self._kubelet: ManagedProcess | None = None
         self._device_plugin: ManagedProcess | None = None
         self._created: list[Path] = []  # global paths this node made, removed at stop
+        self._stopped: list[ManagedProcess] = []  # for leftovers(): each must have exited
         self._healthz_port = 0
 
     # -- paths -------------------------------------------------------------------------
@@ -231,6 +232,7 @@ class RealNode:
                 _unmount_below(path)
                 shutil.rmtree(path, ignore_errors=True)
         self._created.clear()
+        self._stopped.extend(self.processes)
         self._containerd = self._kubelet = self._device_plugin = None
 
     def _drain(self, timeout: float = 20.0) -> None:
@@ -255,8 +257,13 @@ class RealNode:
     def leftovers(self) -> list[str]:
         """What a stopped node left behind (empty when stop() undid everything): processes,
         mounts, the bridge, global paths it created."""
-        found = [f"{p.name} still running (pid {p.pid})" for p in self.processes if p.alive()]
-        found += [f"mounted: {m}" for m in _mount_points() if self.directory in m.parents]
+        processes = [*self._stopped, *self.processes]
+        found = [f"{p.name} still running (pid {p.pid})" for p in processes if p.alive()]
+        found += [
+            f"mounted: {m}"
+            for m in _mount_points()
+            if m == self.directory or self.directory in m.parents
+        ]
         if Path(f"/sys/class/net/{BRIDGE}").exists():
             found.append(f"bridge {BRIDGE} still there")
         found += [f"shim still running: pid {pid}" for pid in self._shim_pids()]
