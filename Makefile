@@ -12,7 +12,9 @@ CERTS_OUT ?= certs/out
 # Built and downloaded tools live outside the repository, keyed by version.
 CACHE ?= $(or $(VRAMGUARD_CACHE),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/vramguard)
 KUSTOMIZE_VERSION := v5.8.1
-KUSTOMIZE := $(CACHE)/tools/kustomize
+KUSTOMIZE := $(CACHE)/tools/kustomize-$(KUSTOMIZE_VERSION)/kustomize
+HELM_VERSION := v3.22.0
+HELM := $(CACHE)/tools/helm-$(HELM_VERSION)/helm
 WEBHOOK_DNS ?= vramguard-webhook.vramguard.svc
 
 .PHONY: help
@@ -35,12 +37,18 @@ lint: $(STAMP) ## ruff, mypy and the import contracts
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
+# One folder per version: a version bump installs next to the old binary instead of being
+# skipped because a file of that name already exists.
 $(KUSTOMIZE):
-	@echo "installing kustomize $(KUSTOMIZE_VERSION) into $(CACHE)/tools"
-	GOBIN=$(CACHE)/tools go install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION)
+	@echo "installing kustomize $(KUSTOMIZE_VERSION) into $(@D)"
+	GOBIN=$(@D) go install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION)
+
+$(HELM):
+	@echo "installing helm $(HELM_VERSION) into $(@D)"
+	GOBIN=$(@D) go install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
 
 .PHONY: tools
-tools: $(STAMP) $(KUSTOMIZE) ## Prometheus/promtool (apt), kustomize, and the Kubernetes binaries
+tools: $(STAMP) $(KUSTOMIZE) $(HELM) ## Prometheus/promtool (apt), kustomize, helm, and the Kubernetes binaries
 	tests/e2e/install-deps.sh
 	tests/e2e/controlplane/build.sh
 

