@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from certs.authority import SubjectNames, subject_names
+from certs.rotation import Timings
 
 ENV_PREFIX = "VRAMGUARD_WEBHOOK_"
+TLSMode = Literal["files", "self-managed"]
 # controller-runtime's limit: an AdmissionReview holds the object and the old object, each
 # up to the API server's 3 MiB request limit, plus the envelope.
 MAX_BODY_BYTES = 7 * 1024 * 1024
@@ -19,11 +25,26 @@ MAX_BODY_BYTES = 7 * 1024 * 1024
 class Settings(BaseSettings):
     """Everything the webhook process is configured with."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="forbid")
+    # populate_by_name: --namespace reaches the field whose environment names are aliases.
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, frozen=True, extra="forbid", populate_by_name=True
+    )
 
     policy: Path = Field(description="policy YAML file (reloaded when it changes)")
-    tls_cert: Path = Field(description="serving certificate (PEM, reloaded when it changes)")
-    tls_key: Path = Field(description="serving key (PEM)")
+    # "files" by default so that an existing command line keeps its meaning; the manifests
+    # choose self-managed (manifests/base/webhook.yaml).
+    tls_mode: TLSMode = Field(
+        default="files",
+        description="files: serve --tls-cert/--tls-key as someone else writes them (cert-manager, "
+        "your own); self-managed: keep a CA and serving certificate in the Secret --tls-secret, "
+        "publish the CA into the MutatingWebhookConfiguration --webhook-configuration, rotate "
+        "both, and write the serving pair to --tls-cert/--tls-key",
+    )
+    tls_cert: Path = Field(
+        description="serving certificate (PEM, reloaded when it changes); self-managed: "
+        "written here from the Secret"
+    )
+    tls_key: Path = Field(description="serving key (PEM); self-managed: written here")
     host: str = Field(default="0.0.0.0", description="address to listen on")
     port: Annotated[int, Field(ge=1, le=65535)] = 8443
     kubeconfig: Path | None = Field(
@@ -42,6 +63,101 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "text"] = "json"
     max_body_bytes: Annotated[int, Field(gt=0)] = MAX_BODY_BYTES
+
+    # -- self-managed certificates ---------------------------------------------------------
+    namespace: str | None = Field(
+        default=None,
+        # The Deployment sets POD_NAMESPACE from the downward API (metadata.namespace).
+        validation_alias=AliasChoices(f"{ENV_PREFIX}NAMESPACE", "POD_NAMESPACE"),
+        description="namespace of the Secret and the Service (self-managed; default: the "
+        "POD_NAMESPACE environment variable)",
+    )
+    tls_secret: str = Field(
+        default="vramguard-webhook-tls", description="Secret of the CA and serving certificate"
+    )
+    webhook_configuration: str = Field(
+        default="vramguard",
+        description="MutatingWebhookConfiguration whose webhooks' caBundle is kept current",
+    )
+    service: str = Field(
+        default="vramguard-webhook",
+        description="Service the API server calls: the serving certificate names "
+        "<service>.<namespace>.svc, <service>.<namespace> and <service>.<namespace>.svc.<domain>",
+    )
+    cluster_domain: str = "cluster.local"
+    tls_extra_names: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        description="more DNS names or IP addresses for the serving certificate, comma "
+        "separated (a webhook registered by URL)",
+    )
+    tls_sync_seconds: Annotated[float, Field(gt=0, le=3600)] = Field(
+        default=30.0,
+        description="how often each replica reads the Secret (and follows a rotation)",
+    )
+    tls_ca_days: Annotated[int, Field(ge=2)] = 730
+    tls_ca_renew_days: Annotated[int, Field(ge=1)] = 60
+    tls_cert_days: Annotated[int, Field(ge=2)] = 90
+    tls_cert_renew_days: Annotated[int, Field(ge=1)] = 30
+    tls_propagation_seconds: Annotated[float, Field(ge=0, le=86400)] = Field(
+        default=60.0,
+        description="how long a new CA bundle is published before a certificate from the new "
+        "CA is served",
+    )
+    tls_overlap_seconds: Annotated[float, Field(gt=0)] = Field(
+        default=86400.0,
+        description="how long the previous CA stays trusted after the switch to a new one",
+    )
+
+    @field_validator("tls_extra_names", mode="before")
+    @classmethod
+    def _split_names(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(name.strip() for name in value.split(",") if name.strip())
+        return value
+
+    @model_validator(mode="after")
+    def _self_managed(self) -> Settings:
+        if self.tls_mode != "self-managed":
+            return self
+        if not self.namespace:
+            raise ValueError(
+                "self-managed TLS needs the namespace: set POD_NAMESPACE (the downward API's "
+                "metadata.namespace) or --namespace"
+            )
+        self.serving_names()
+        self.rotation_timings()
+        # A replica moves to a new certificate within one sync (plus the reload); the old CA
+        # must outlive that by far, or a slow replica would serve an untrusted certificate.
+        if self.tls_overlap_seconds < 2 * (self.tls_sync_seconds + self.tls_reload_seconds):
+            raise ValueError(
+                "tls_overlap_seconds must be at least twice tls_sync_seconds + "
+                "tls_reload_seconds: every replica must have switched before the old CA goes"
+            )
+        return self
+
+    def serving_names(self) -> SubjectNames:
+        """The serving certificate's names: the Service's, and the extra ones."""
+        service = f"{self.service}.{self.namespace}"
+        dns = [f"{service}.svc", service, f"{service}.svc.{self.cluster_domain}"]
+        ips: list[str] = []
+        for name in self.tls_extra_names:
+            try:
+                ipaddress.ip_address(name)
+            except ValueError:
+                dns.append(name)
+            else:
+                ips.append(name)
+        return subject_names(dns, ips)
+
+    def rotation_timings(self) -> Timings:
+        return Timings(
+            ca_days=self.tls_ca_days,
+            ca_renew_days=self.tls_ca_renew_days,
+            serving_days=self.tls_cert_days,
+            serving_renew_days=self.tls_cert_renew_days,
+            propagation=timedelta(seconds=self.tls_propagation_seconds),
+            overlap=timedelta(seconds=self.tls_overlap_seconds),
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:

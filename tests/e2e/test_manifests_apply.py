@@ -1,7 +1,8 @@
 """Every manifest, as kustomize builds it, validated by the real kube-apiserver.
 
-Each overlay (cert-manager; self-signed and kind, with a throwaway `python -m certs` output in
-a copy of the tree) and the base with every component is built with kustomize, and every
+The default install (manifests/), each overlay (cert-manager, kind; self-signed with a
+throwaway `python -m certs` output in a copy of the tree) and the base with every component
+is built with kustomize, and every
 object is sent to the API server as a server-side apply with dryRun=All (fieldManager
 vramguard-e2e, fieldValidation=Strict): the server's own schema, defaulting, validation and
 admission run, nothing is stored. A misspelt field, a wrong type or an invalid value fails
@@ -21,12 +22,9 @@ them (an existing cluster with those CRDs, VRAMGUARD_E2E_KUBECONFIG), it is vali
 from __future__ import annotations
 
 import copy
-import json
 import shutil
 import subprocess
 import sys
-from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,21 +32,31 @@ import pytest
 import yaml
 
 from tests.unit.manifests.conftest import (
+    INSTALLS,
     KUSTOMIZE,
-    OVERLAYS,
     OVERLAYS_WITH_LOCAL_CERTS,
     WEBHOOK_DNS,
+    install_directory,
 )
 
 from .harness import ClusterBase
+from .harness.manifests import (
+    HTTP_OK,
+    Discovery,
+    K8sObject,
+    apply,
+    identity,
+    kustomize_build,
+    object_path,
+    request,
+)
 
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
 MANIFESTS = REPO / "manifests"
-FIELD_MANAGER = "vramguard-e2e"
 ALL_COMPONENTS = "base+every-component"
-BUILDS = (*OVERLAYS, ALL_COMPONENTS)
+BUILDS = (*INSTALLS, ALL_COMPONENTS)
 NOT_SERVED_HERE = frozenset(
     {
         ("monitoring.coreos.com/v1", "PrometheusRule"),
@@ -57,9 +65,6 @@ NOT_SERVED_HERE = frozenset(
         ("cert-manager.io/v1", "Issuer"),
     }
 )
-HTTP_OK = (200, 201)
-
-K8sObject = dict[str, Any]
 
 
 # --- building --------------------------------------------------------------------------------
@@ -102,120 +107,16 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[K8sObject]
     )
     outputs: dict[str, list[K8sObject]] = {}
     for build in BUILDS:
-        directory = every if build == ALL_COMPONENTS else root / "manifests" / "overlays" / build
-        args = [str(kustomize), "build"]
-        if build in OVERLAYS_WITH_LOCAL_CERTS:
-            args += ["--load-restrictor", "LoadRestrictionsNone"]
-        result = subprocess.run(
-            [*args, str(directory)], capture_output=True, text=True, check=False, timeout=120
+        directory = (
+            every if build == ALL_COMPONENTS else install_directory(root / "manifests", build)
         )
-        assert result.returncode == 0, f"kustomize build {build}:\n{result.stderr}"
-        outputs[build] = [d for d in yaml.safe_load_all(result.stdout) if d]
+        outputs[build] = kustomize_build(
+            kustomize, directory, load_restrictor_none=build in OVERLAYS_WITH_LOCAL_CERTS
+        )
     return outputs
 
 
 # --- talking to the API server ---------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Answer:
-    status: int
-    body: Mapping[str, Any]
-    warnings: list[str]
-
-    @property
-    def message(self) -> str:
-        return str(self.body.get("message") or self.body)
-
-
-def request(
-    api: Any,
-    method: str,
-    path: str,
-    *,
-    query: Mapping[str, str] | None = None,
-    body: Any = None,
-    content_type: str | None = None,
-) -> Answer:
-    """One API call through the admin ApiClient, any status returned (not raised)."""
-    headers = {"Accept": "application/json"}
-    if content_type is not None:
-        headers["Content-Type"] = content_type
-    serialized = api.param_serialize(
-        method,
-        path,
-        query_params=list((query or {}).items()),
-        header_params=headers,
-        body=body,
-        auth_settings=["BearerToken"],
-    )
-    response = api.call_api(*serialized, _request_timeout=30)
-    data = response.read()
-    try:
-        parsed = json.loads(data) if data else {}
-    except ValueError:
-        parsed = {"message": data.decode(errors="replace")}
-    warnings = list(response.headers.getlist("Warning")) if response.headers else []
-    return Answer(response.status, parsed if isinstance(parsed, dict) else {}, warnings)
-
-
-@dataclass(frozen=True)
-class Served:
-    plural: str
-    namespaced: bool
-
-
-class Discovery:
-    """Which kinds the API server serves, one discovery call per group version."""
-
-    def __init__(self, api: Any) -> None:
-        self._api = api
-        self._versions: dict[str, dict[str, Served]] = {}
-
-    def resource(self, api_version: str, kind: str) -> Served | None:
-        if api_version not in self._versions:
-            answer = request(self._api, "GET", self.prefix(api_version))
-            kinds: dict[str, Served] = {}
-            if answer.status == 200:
-                for item in answer.body.get("resources", []):
-                    if "/" not in item["name"]:  # not a subresource
-                        kinds[item["kind"]] = Served(item["name"], item["namespaced"])
-            else:
-                assert answer.status == 404, f"discovery of {api_version}: {answer.message}"
-            self._versions[api_version] = kinds
-        return self._versions[api_version].get(kind)
-
-    @staticmethod
-    def prefix(api_version: str) -> str:
-        return "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
-
-
-def object_path(obj: K8sObject, served: Served) -> str:
-    metadata = obj["metadata"]
-    scope = f"/namespaces/{metadata['namespace']}" if served.namespaced else ""
-    return f"{Discovery.prefix(obj['apiVersion'])}{scope}/{served.plural}/{metadata['name']}"
-
-
-def apply(api: Any, obj: K8sObject, served: Served, *, dry_run: bool = True) -> Answer:
-    """Server-side apply, forcing conflicts: validation of what `kubectl apply
-    --server-side --force-conflicts` would store."""
-    query = {"fieldManager": FIELD_MANAGER, "force": "true", "fieldValidation": "Strict"}
-    if dry_run:
-        query["dryRun"] = "All"
-    return request(
-        api,
-        "PATCH",
-        object_path(obj, served),
-        query=query,
-        body=obj,
-        content_type="application/apply-patch+yaml",
-    )
-
-
-def identity(obj: K8sObject) -> str:
-    namespace = obj["metadata"].get("namespace")
-    where = f"{namespace}/" if namespace else ""
-    return f"{obj['kind']} {where}{obj['metadata']['name']} ({obj['apiVersion']})"
 
 
 @pytest.fixture(scope="module")

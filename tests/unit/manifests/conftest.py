@@ -25,9 +25,16 @@ REPO = Path(__file__).resolve().parents[3]
 MAKEFILE = REPO / "Makefile"
 MANIFESTS = REPO / "manifests"
 BASE = MANIFESTS / "base"
+# `kubectl apply --server-side -k manifests/`: manifests/kustomization.yaml.
+DEFAULT = "default"
 OVERLAYS = ("cert-manager", "self-signed", "kind")
+# Every install path: the default one, and each overlay.
+INSTALLS = (DEFAULT, *OVERLAYS)
 # Overlays that read `make certs` output from certs/out (outside their kustomization root).
-OVERLAYS_WITH_LOCAL_CERTS = frozenset({"self-signed", "kind"})
+OVERLAYS_WITH_LOCAL_CERTS = frozenset({"self-signed"})
+# Installs whose webhook serves a Secret someone else writes (components/tls-from-secret);
+# the others run it with --tls-mode self-managed.
+INSTALLS_WITH_TLS_FILES = frozenset({"cert-manager", "self-signed"})
 WEBHOOK_DNS = ("vramguard-webhook.vramguard.svc", "vramguard-webhook.vramguard")
 
 K8sObject = dict[str, Any]
@@ -56,6 +63,11 @@ def tool(name: str) -> Path | None:
             return candidate
     found = shutil.which(name)
     return Path(found) if found else None
+
+
+def install_directory(manifests: Path, install: str) -> Path:
+    """Where an install's kustomization is, in a tree of manifests."""
+    return manifests if install == DEFAULT else manifests / "overlays" / install
 
 
 def load_all(path: Path) -> list[Any]:
@@ -183,14 +195,15 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def built(kustomize: Path, workspace: Path) -> dict[str, list[K8sObject]]:
-    """`kustomize build` of every overlay, parsed. Fails with kustomize's own message."""
+    """`kustomize build` of every install (the default and each overlay), parsed. Fails with
+    kustomize's own message."""
     outputs: dict[str, list[K8sObject]] = {}
-    for overlay in OVERLAYS:
+    for install in INSTALLS:
         args = [str(kustomize), "build"]
-        if overlay in OVERLAYS_WITH_LOCAL_CERTS:
+        if install in OVERLAYS_WITH_LOCAL_CERTS:
             args += ["--load-restrictor", "LoadRestrictionsNone"]
-        args.append(str(workspace / "manifests" / "overlays" / overlay))
+        args.append(str(install_directory(workspace / "manifests", install)))
         result = subprocess.run(args, capture_output=True, text=True, check=False)
-        assert result.returncode == 0, f"kustomize build {overlay} failed:\n{result.stderr}"
-        outputs[overlay] = [d for d in yaml.safe_load_all(result.stdout) if d is not None]
+        assert result.returncode == 0, f"kustomize build {install} failed:\n{result.stderr}"
+        outputs[install] = [d for d in yaml.safe_load_all(result.stdout) if d is not None]
     return outputs

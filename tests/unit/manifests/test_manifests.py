@@ -21,8 +21,10 @@ import yaml
 
 from .conftest import (
     BASE,
+    DEFAULT,
+    INSTALLS,
+    INSTALLS_WITH_TLS_FILES,
     MANIFESTS,
-    OVERLAYS,
     REPO,
     K8sObject,
     cache_root,
@@ -52,7 +54,7 @@ ALERTS = {
     "VRAMGuardWebhookDown",
     "VRAMGuardExtenderDown",
     "VRAMGuardPodsPendingOnVRAM",
-    "VRAMGuardPodOverBudget",
+    "VRAMGuardTenantOverBudget",
     "VRAMGuardWatchdogDown",
     "VRAMGuardWatchdogRecycled",
     "VRAMGuardNodeAgentDown",
@@ -148,7 +150,8 @@ def assert_least_privilege(docs: list[K8sObject]) -> None:
             assert not set(rule.get("verbs", [])) & ESCALATING_VERBS, where
             assert "*" not in rule.get("resources", []), where
             assert "*" not in rule.get("apiGroups", []), where
-            assert "secrets" not in rule.get("resources", []), where
+            if "secrets" in rule.get("resources", []):
+                assert_only_the_webhooks_secret(role, rule)
             assert "nonResourceURLs" not in rule, where
     # Bindings only to roles defined here, or to the built-in scheduler roles.
     defined = {r["metadata"]["name"] for r in roles}
@@ -163,6 +166,22 @@ def assert_least_privilege(docs: list[K8sObject]) -> None:
             assert subject["kind"] == "ServiceAccount", binding["metadata"]["name"]
             namespaces = {"vramguard", NODE_AGENT_NAMESPACE}
             assert subject["namespace"] in namespaces, binding["metadata"]["name"]
+
+
+def assert_only_the_webhooks_secret(role: K8sObject, rule: Mapping[str, Any]) -> None:
+    """Secrets hold keys: only the self-managed webhook's Role names them, in its namespace,
+    read and written by name. create cannot be limited by name in RBAC (the name is not
+    known at authorization), so it is granted alone; list and watch never are (they would
+    read every Secret of the namespace)."""
+    where = f"{role['kind']}/{role['metadata']['name']}: {rule}"
+    assert (role["kind"], role["metadata"]["name"]) == ("Role", "vramguard-webhook-tls"), where
+    assert role["metadata"]["namespace"] == "vramguard", where
+    assert rule["resources"] == ["secrets"], where
+    if rule.get("resourceNames"):
+        assert rule["resourceNames"] == ["vramguard-webhook-tls"], where
+        assert set(rule["verbs"]) <= {"get", "update", "patch"}, where
+    else:
+        assert rule["verbs"] == ["create"], where
 
 
 def assert_webhook_config(mwc: K8sObject, policy: Mapping[str, Any]) -> None:
@@ -302,6 +321,32 @@ def test_rbac_is_least_privilege(base: list[K8sObject]) -> None:
     webhook = granted(named(base, "ClusterRole", "vramguard-webhook"))
     assert all(verb in {"get", "list", "watch"} for _, _, verb in webhook), webhook
     assert {r for _, r, _ in webhook} == {"namespaces", "priorityclasses"}
+    # Self-managed certificates: its own webhook configuration, by name, and its Secret.
+    ca_bundle = named(base, "ClusterRole", "vramguard-webhook-ca-bundle")
+    (rule,) = ca_bundle["rules"]
+    assert rule["resourceNames"] == [
+        named(base, "MutatingWebhookConfiguration", "vramguard")["metadata"]["name"]
+    ]
+    assert granted(ca_bundle) == {
+        ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", "get"),
+        ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", "patch"),
+    }
+    tls = named(base, "Role", "vramguard-webhook-tls")
+    assert granted(tls) == {
+        ("", "secrets", "get"),
+        ("", "secrets", "update"),
+        ("", "secrets", "patch"),
+        ("", "secrets", "create"),
+    }
+    for name, kind in (
+        ("vramguard-webhook-ca-bundle", "ClusterRoleBinding"),
+        ("vramguard-webhook-tls", "RoleBinding"),
+    ):
+        binding = named(base, kind, name)
+        assert binding["roleRef"]["name"] == name
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": "vramguard-webhook", "namespace": "vramguard"}
+        ]
     # The extender never writes nodes: advertising is components/advertiser's job.
     extender = granted(named(base, "ClusterRole", "vramguard-extender"))
     assert not {r for _, r, _ in extender} & {"nodes/status"}, extender
@@ -321,23 +366,50 @@ def test_webhook_deployment_is_highly_available(base: list[K8sObject]) -> None:
     assert term["podAffinityTerm"]["labelSelector"]["matchLabels"] == labels
 
 
-def test_webhook_reads_its_files_from_the_mounted_volumes(base: list[K8sObject]) -> None:
-    deployment = named(base, "Deployment", "vramguard-webhook")
+def webhook_settings(deployment: K8sObject) -> Any:
+    """The webhook's Settings from the Deployment's command line and environment, as the
+    process would read them (the downward API's namespace filled in)."""
+    from webhook.settings import Settings  # noqa: PLC0415
+
     webhook = container(deployment, "webhook")
     args = command_line(webhook)
     assert args[:3] == ["python", "-m", "webhook"]
-    expected = {
-        "--policy": ("/etc/vramguard/policy/policy.yaml", "configMap", "vramguard-policy"),
-        "--tls-cert": ("/etc/vramguard/tls/tls.crt", "secret", "vramguard-webhook-tls"),
-        "--tls-key": ("/etc/vramguard/tls/tls.key", "secret", "vramguard-webhook-tls"),
-    }
-    for option, (path, source, name) in expected.items():
-        assert flag(args, option) == path
-        mount = mount_for(webhook, path)
+    given: dict[str, Any] = {}
+    for entry in webhook.get("env") or []:
+        if entry["name"] == "POD_NAMESPACE":
+            assert entry["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+            given["namespace"] = deployment["metadata"]["namespace"]
+    options = iter(args[3:])
+    for option in options:
+        assert option.startswith("--"), args
+        given[option[2:].replace("-", "_")] = next(options)
+    return Settings(**given)
+
+
+def assert_webhook_reads_its_files(docs: list[K8sObject], *, self_managed: bool) -> None:
+    """The webhook's paths are on the right volumes, and in self-managed mode its settings
+    name the Secret, the webhook configuration and the Service its RBAC and manifests have."""
+    deployment = named(docs, "Deployment", "vramguard-webhook")
+    webhook = container(deployment, "webhook")
+    settings = webhook_settings(deployment)
+    assert settings.tls_mode == ("self-managed" if self_managed else "files")
+    policy_mount = mount_for(webhook, str(settings.policy))
+    assert volume(deployment, policy_mount["name"])["configMap"]["name"].startswith(
+        "vramguard-policy"
+    )
+    for path in (settings.tls_cert, settings.tls_key):
+        mount = mount_for(webhook, str(path))
         assert "subPath" not in mount, "subPath mounts never see updates"
-        vol = volume(deployment, mount["name"])
-        assert vol[source].get("name", vol[source].get("secretName")) == name
-    assert flag(args, "--port") == "8443"
+        tls = volume(deployment, mount["name"])
+        if self_managed:
+            # Written by the process: an emptyDir in memory, never the node's disk.
+            assert tls["emptyDir"]["medium"] == "Memory", tls
+            assert not mount.get("readOnly"), mount
+        else:
+            assert tls["secret"]["secretName"] == "vramguard-webhook-tls", tls
+            assert "emptyDir" not in tls, tls
+            assert mount.get("readOnly") is True, mount
+    assert settings.port == 8443
     for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
         get = webhook[probe]["httpGet"]
         assert (get["path"], get["scheme"], port_number(webhook, get["port"])) == (
@@ -345,6 +417,34 @@ def test_webhook_reads_its_files_from_the_mounted_volumes(base: list[K8sObject])
             "HTTPS",
             8443,
         )
+    # The listener opens only once there is a certificate: liveness waits for it.
+    startup = webhook["startupProbe"]
+    assert startup["httpGet"]["path"] == "/healthz"
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 300
+    roles = {(d["kind"], d["metadata"]["name"]) for d in docs if d["kind"].endswith("Role")}
+    own = {("ClusterRole", "vramguard-webhook-ca-bundle"), ("Role", "vramguard-webhook-tls")}
+    if not self_managed:
+        assert not roles & own, "files mode reads no Secret and writes no caBundle"
+        return
+    assert own <= roles
+    tls_role = named(docs, "Role", "vramguard-webhook-tls")
+    assert settings.namespace == tls_role["metadata"]["namespace"]
+    named_secrets = [r["resourceNames"] for r in tls_role["rules"] if "resourceNames" in r]
+    assert named_secrets == [[settings.tls_secret]]
+    (ca_rule,) = named(docs, "ClusterRole", "vramguard-webhook-ca-bundle")["rules"]
+    mwc = named(docs, "MutatingWebhookConfiguration", settings.webhook_configuration)
+    assert ca_rule["resourceNames"] == [mwc["metadata"]["name"]]
+    service = mwc["webhooks"][0]["clientConfig"]["service"]
+    assert (service["name"], service["namespace"]) == (settings.service, settings.namespace)
+    named(docs, "Service", settings.service)
+    # The certificate names what the API server calls: <service>.<namespace>.svc.
+    assert f"{service['name']}.{service['namespace']}.svc" in settings.serving_names().dns
+    # No caBundle in the manifests: the webhook writes it, and an apply never takes it back.
+    assert "caBundle" not in mwc["webhooks"][0]["clientConfig"]
+
+
+def test_webhook_manages_its_certificate_in_the_base(base: list[K8sObject]) -> None:
+    assert_webhook_reads_its_files(base, self_managed=True)
 
 
 def test_scheduler_config_manages_the_policy_resources(
@@ -673,7 +773,7 @@ def test_alerts_use_kube_state_metrics_name_for_gpumem(policy: Mapping[str, Any]
 # --- (3) kustomize build of every overlay ----------------------------------------------------
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", INSTALLS)
 def test_overlay_keeps_every_invariant(
     built: dict[str, list[K8sObject]], overlay: str, policy: Mapping[str, Any]
 ) -> None:
@@ -683,6 +783,7 @@ def test_overlay_keeps_every_invariant(
     assert_least_privilege(docs)
     assert_references_resolve(docs)
     assert_webhook_config(named(docs, "MutatingWebhookConfiguration", "vramguard"), policy)
+    assert_webhook_reads_its_files(docs, self_managed=overlay not in INSTALLS_WITH_TLS_FILES)
     identities = [(d["kind"], d["metadata"].get("namespace"), d["metadata"]["name"]) for d in docs]
     assert len(identities) == len(set(identities)), "an object is emitted twice"
     for doc in docs:
@@ -724,7 +825,7 @@ def test_cert_manager_overlay_injects_the_ca(built: dict[str, list[K8sObject]]) 
     assert of_kind(docs, "ServiceMonitor")
 
 
-@pytest.mark.parametrize("overlay", ["self-signed", "kind"])
+@pytest.mark.parametrize("overlay", ["self-signed"])
 def test_local_cert_overlays_carry_make_certs_output(
     built: dict[str, list[K8sObject]], workspace: Path, overlay: str
 ) -> None:
@@ -748,6 +849,45 @@ def test_kind_overlay_uses_the_local_image(built: dict[str, list[K8sObject]]) ->
                 continue
             assert c["image"] == "vramguard:dev", c["name"]
             assert c["imagePullPolicy"] == "IfNotPresent", c["name"]
+
+
+def test_the_default_install_needs_no_crd_and_no_local_file(
+    built: dict[str, list[K8sObject]],
+) -> None:
+    """`kubectl apply --server-side -k manifests/` on a bare cluster: only built-in kinds (no
+    cert-manager, no prometheus-operator), no Secret to make first, no caBundle to fill."""
+    docs = built[DEFAULT]
+    groups = {d["apiVersion"].rsplit("/", 1)[0] for d in docs}
+    assert groups <= {
+        "v1",
+        "apps",
+        "policy",
+        "rbac.authorization.k8s.io",
+        "admissionregistration.k8s.io",
+        "scheduling.k8s.io",
+        "networking.k8s.io",
+    }, groups
+    assert not of_kind(docs, "Secret")
+    kustomization = yaml.safe_load((MANIFESTS / "kustomization.yaml").read_text("utf-8"))
+    assert kustomization["resources"] == ["base"]
+    assert "secretGenerator" not in kustomization
+
+
+def test_the_kind_overlay_is_the_default_install_with_its_image() -> None:
+    """kustomize cannot take manifests/ as a resource from below it: the kind overlay lists
+    the same base and components, and must keep listing the same."""
+    default = yaml.safe_load((MANIFESTS / "kustomization.yaml").read_text("utf-8"))
+    kind = yaml.safe_load((MANIFESTS / "overlays" / "kind" / "kustomization.yaml").read_text())
+    assert [f"../../{entry}" for entry in default["resources"]] == kind["resources"]
+    assert [f"../../{entry}" for entry in default["components"]] == kind["components"]
+
+
+def test_default_and_kind_builds_differ_only_in_images(built: dict[str, list[K8sObject]]) -> None:
+    def without_images(docs: list[K8sObject]) -> str:
+        text = yaml.safe_dump(docs, sort_keys=True)
+        return re.sub(r"(image: vramguard:)\S+|imagePullPolicy: \S+", r"\1", text)
+
+    assert without_images(built["kind"]) == without_images(built[DEFAULT])
 
 
 def test_self_signed_overlay_refuses_to_build_without_the_flag(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import MANIFESTS, OVERLAYS, K8sObject, named, objects, of_kind
+from .conftest import INSTALLS, MANIFESTS, K8sObject, named, objects, of_kind
 from .test_manifests import (
     NODE_AGENT_NAMESPACE,
     SERVICE_MONITORS,
@@ -146,7 +146,7 @@ def test_node_agent_exports_the_metric_names_the_presets_read() -> None:
     } <= exported
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", INSTALLS)
 def test_every_overlay_runs_the_node_agent_unweakened(
     built: dict[str, list[K8sObject]], overlay: str
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -14,8 +15,20 @@ REQUIRED = ["--policy", "p.yaml", "--tls-cert", "c.crt", "--tls-key", "k.key"]
 
 @pytest.fixture(autouse=True)
 def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("POLICY", "TLS_CERT", "TLS_KEY", "HOST", "PORT", "KUBECONFIG", "LOG_FORMAT"):
+    for name in (
+        "POLICY",
+        "TLS_CERT",
+        "TLS_KEY",
+        "HOST",
+        "PORT",
+        "KUBECONFIG",
+        "LOG_FORMAT",
+        "TLS_MODE",
+        "NAMESPACE",
+        "TLS_EXTRA_NAMES",
+    ):
         monkeypatch.delenv(f"VRAMGUARD_WEBHOOK_{name}", raising=False)
+    monkeypatch.delenv("POD_NAMESPACE", raising=False)
 
 
 def test_flags() -> None:
@@ -65,3 +78,91 @@ def test_bad_values_are_refused() -> None:
         settings_from([*REQUIRED, "--port", "70000"])
     with pytest.raises(SystemExit):
         settings_from([*REQUIRED, "--log-format", "xml"])
+
+
+SELF_MANAGED = [*REQUIRED, "--tls-mode", "self-managed"]
+
+
+def test_files_is_the_default_mode_and_needs_no_namespace() -> None:
+    """An existing command line keeps its meaning: the manifests ask for self-managed."""
+    settings = settings_from(REQUIRED)
+    assert settings.tls_mode == "files"
+    assert settings.namespace is None
+
+
+def test_self_managed_names_the_service_in_its_namespace(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("POD_NAMESPACE", "gpu-system")
+    settings = settings_from(SELF_MANAGED)
+    assert (settings.namespace, settings.tls_secret, settings.webhook_configuration) == (
+        "gpu-system",
+        "vramguard-webhook-tls",
+        "vramguard",
+    )
+    names = settings.serving_names()
+    assert names.dns == (
+        "vramguard-webhook.gpu-system.svc",
+        "vramguard-webhook.gpu-system",
+        "vramguard-webhook.gpu-system.svc.cluster.local",
+    )
+    assert names.ips == ()
+
+
+def test_the_namespace_flag_and_variable_win_over_pod_namespace(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("POD_NAMESPACE", "from-pod")
+    monkeypatch.setenv("VRAMGUARD_WEBHOOK_NAMESPACE", "from-variable")
+    assert settings_from(SELF_MANAGED).namespace == "from-variable"
+    assert settings_from([*SELF_MANAGED, "--namespace", "from-flag"]).namespace == "from-flag"
+
+
+def test_self_managed_without_a_namespace_says_how_to_give_one() -> None:
+    with pytest.raises(ValidationError, match="set POD_NAMESPACE"):
+        settings_from(SELF_MANAGED)
+
+
+def test_extra_names_split_into_dns_names_and_addresses(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VRAMGUARD_WEBHOOK_TLS_EXTRA_NAMES", "127.0.0.1, localhost,::1")
+    settings = settings_from([*SELF_MANAGED, "--namespace", "vramguard", "--service", "hook"])
+    names = settings.serving_names()
+    assert names.dns[-1] == "localhost"
+    assert names.dns[0] == "hook.vramguard.svc"
+    assert [str(ip) for ip in names.ips] == ["127.0.0.1", "::1"]
+    with pytest.raises(ValidationError, match="not a valid DNS name"):
+        settings_from([*SELF_MANAGED, "--namespace", "vramguard", "--tls-extra-names", "a b"])
+
+
+def test_rotation_timings_come_from_the_settings() -> None:
+    settings = settings_from(
+        [
+            *SELF_MANAGED,
+            "--namespace",
+            "vramguard",
+            "--tls-propagation-seconds",
+            "2",
+            "--tls-overlap-seconds",
+            "30",
+            "--tls-sync-seconds",
+            "1",
+            "--tls-reload-seconds",
+            "0.5",
+        ]
+    )
+    timings = settings.rotation_timings()
+    assert (timings.propagation, timings.overlap) == (timedelta(seconds=2), timedelta(seconds=30))
+    assert (timings.ca_days, timings.serving_days) == (730, 90)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--tls-cert-renew-days", "60"], "earlier before its end"),
+        (["--tls-ca-renew-days", "800"], "CA's renewal"),
+        (["--tls-overlap-seconds", "60"], "at least twice tls_sync_seconds"),
+    ],
+)
+def test_rotation_timings_that_cannot_work_are_refused(flags: list[str], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        settings_from([*SELF_MANAGED, "--namespace", "vramguard", *flags])
