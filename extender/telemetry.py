@@ -1,5 +1,7 @@
 """Live GPU memory from Prometheus: presets to queries, read into per-node, per-card and per-pod
-samples (parsing in extender.telemetry_parse), and a thin polling thread that feeds the store.
+samples (parsing in extender.telemetry_parse), and a thin polling thread that feeds the store;
+and, for `vramguard recommend`, each pod's usage over a window through a range query of the
+same preset's per-pod series.
 
 Sample age: an instant query answers [evaluation time, value], not the time the value was
 scraped, so each query is paired with `timestamp(<query>)`, whose value is the scrape time of
@@ -10,9 +12,11 @@ queries that aggregate report age 0 until Prometheus drops the series after its 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import Protocol
 
 from prometheus_api_client import PrometheusConnect
@@ -30,23 +34,29 @@ from extender.telemetry_parse import (
     Unit,
     card_claims,
     device_figures,
+    parse_matrix,
     parse_vector,
     pod_cards,
+    pod_histories,
     pod_samples,
     sample_times,
 )
 from gpumem.policy import Policy, Telemetry
+from gpumem.recommend import UsageHistory
 from gpumem.state import CardSample, PodKey, TelemetryReading
 from kube.threads import Threads
 
 __all__ = [
     "PRESETS",
+    "HistoryWindow",
     "PrometheusQuery",
     "Query",
     "QueryPlan",
     "TelemetryError",
     "TelemetryPoller",
+    "history_expr",
     "plan_queries",
+    "read_pod_history",
     "read_telemetry",
 ]
 
@@ -203,9 +213,66 @@ def _cards(
     return cards
 
 
+# --- History: each pod's usage over a window (range queries) -----------------------------------
+
+# A plain metric selector (a name and optional matchers), which max_over_time can take as a
+# range vector of raw samples; anything else (an aggregation, arithmetic) needs a subquery.
+_SELECTOR = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*(\{[^{}]*\})?")
+
+
+@dataclass(frozen=True)
+class HistoryWindow:
+    """A range query's window: (start, end], one point per step, each point covering the
+    step before it."""
+
+    start: float
+    end: float
+    step_seconds: int
+
+
+class RangeQueryFunction(Protocol):
+    def __call__(self, expr: str, start: float, end: float, step_seconds: int) -> object: ...
+
+
+def history_expr(query: Query, step_seconds: int) -> str:
+    """The query's highest value within each step, so that no sample between two points of
+    the range query is lost (a peak shorter than the step still counts): max_over_time over
+    the step, on a plain selector's raw samples, else on a subquery at Prometheus's default
+    resolution (its evaluation interval)."""
+    expr = query.expr.strip()
+    if _SELECTOR.fullmatch(expr):
+        return f"max_over_time({expr}[{step_seconds}s])"
+    return f"max_over_time(({expr})[{step_seconds}s:])"
+
+
+def read_pod_history(
+    query_range: RangeQueryFunction, plan: QueryPlan, window: HistoryWindow
+) -> tuple[dict[PodKey, UsageHistory], list[str]]:
+    """Each pod's usage over the window from the plan's per-pod query (blocking), with the
+    problems seen in series that were skipped. Raises TelemetryError when the query fails or
+    the plan has no per-pod query (dcgm-exporter's pod labels repeat the card's figure for
+    every pod on it, so they cannot tell pods sharing a card apart)."""
+    query = plan.pod_used
+    if query is None:
+        raise TelemetryError(
+            f"telemetry preset {plan.source} has no per-pod GPU memory series: use preset "
+            f"node-agent or pod-exporter, or set extender.telemetry.queries.podUsedMiB"
+        )
+    expr = history_expr(query, window.step_seconds)
+    # The first point covers the step after the window's start.
+    start = window.start + window.step_seconds
+    try:
+        answer = query_range(expr, start, window.end, window.step_seconds)
+    except Exception as err:  # the client raises whatever its HTTP stack raises
+        raise TelemetryError(f"{expr}: {type(err).__name__}: {err}") from err
+    parsed = parse_matrix(answer)
+    histories, skipped = pod_histories(parsed, query.unit)
+    return histories, [*parsed.problems, *skipped]
+
+
 class PrometheusQuery:
     """custom_query of prometheus-api-client, with a timeout: it is synchronous, so it only
-    ever runs in the telemetry thread."""
+    ever runs in the telemetry thread (or a one-shot command)."""
 
     def __init__(self, url: str, timeout_seconds: float) -> None:
         # No retries of its own (its default backs off for seconds): the poller tries again
@@ -216,6 +283,16 @@ class PrometheusQuery:
 
     def __call__(self, expr: str) -> object:
         return self._client.custom_query(expr)
+
+    def range(self, expr: str, start: float, end: float, step_seconds: int) -> object:
+        """A range query (custom_query_range): the matrix from start to end, one point per
+        step."""
+        return self._client.custom_query_range(
+            expr,
+            start_time=datetime.fromtimestamp(start, UTC),
+            end_time=datetime.fromtimestamp(end, UTC),
+            step=f"{step_seconds}s",
+        )
 
 
 class TelemetryPoller:

@@ -1,5 +1,6 @@
-"""Pure parsing of Prometheus instant-query answers into vramguard's telemetry: per node, per
-card (one GPU UUID on one node) and per pod, and which card each pod holds.
+"""Pure parsing of Prometheus query answers into vramguard's telemetry: from instant queries,
+per node, per card (one GPU UUID on one node) and per pod, and which card each pod holds; from
+range queries (`vramguard recommend`), each pod's usage step by step over a window.
 
 Cards: a series that carries a GPU UUID (`UUID` as dcgm-exporter writes it, `uuid` as the node
 agent does) is one card's. Exporters that map pods repeat a card's series, with the same value,
@@ -18,6 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from gpumem.recommend import UsageHistory
 from gpumem.state import PodKey, Sample
 
 MIB = 1 << 20
@@ -91,13 +93,14 @@ def parse_vector(answer: object) -> Parsed:
     return Parsed(series, problems)
 
 
-def _result_list(answer: object) -> Sequence[object]:
+def _result_list(answer: object, result_type: str = "vector") -> Sequence[object]:
     if isinstance(answer, Mapping):
         if answer.get("status") not in (None, "success"):
             raise TelemetryError(f"query failed: {answer.get('error', answer.get('status'))}")
         data = answer.get("data", answer)
-        if not isinstance(data, Mapping) or data.get("resultType") not in (None, "vector"):
-            raise TelemetryError("query did not return an instant vector")
+        if not isinstance(data, Mapping) or data.get("resultType") not in (None, result_type):
+            what = "an instant vector" if result_type == "vector" else "a range matrix"
+            raise TelemetryError(f"query did not return {what}")
         answer = data.get("result")
     if not isinstance(answer, list):
         raise TelemetryError(f"query did not return a list of series: {answer!r:.80}")
@@ -281,3 +284,71 @@ def pod_cards(
                 f"({', '.join(sorted(uuids))}): its card is left unknown"
             )
     return cards, problems
+
+
+# --- Range queries: a pod's usage over a window ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class RangeSeries:
+    labels: Mapping[str, str]
+    # (time, value) per step of the range query.
+    points: tuple[tuple[float, float], ...]
+
+
+@dataclass(frozen=True)
+class ParsedRange:
+    series: list[RangeSeries]
+    problems: list[str]
+
+
+def parse_matrix(answer: object) -> ParsedRange:
+    """Parse a range-query answer: the result list (what custom_query_range returns) or the
+    whole API response. Raises TelemetryError when it is not a matrix at all; a point with
+    a bad value is skipped and described in problems (once per series)."""
+    series = []
+    problems = []
+    for item in _result_list(answer, "matrix"):
+        labels = item.get("metric") if isinstance(item, Mapping) else None
+        values = item.get("values") if isinstance(item, Mapping) else None
+        if not isinstance(labels, Mapping) or not isinstance(values, list):
+            problems.append(f"not a range series: {item!r:.80}")
+            continue
+        points = []
+        bad = None
+        for point in values:
+            try:
+                timestamp, value = float(point[0]), float(point[1])
+            except (TypeError, ValueError, IndexError, KeyError):
+                bad = point
+                continue
+            if not math.isfinite(timestamp) or not math.isfinite(value) or value < 0:
+                bad = point
+                continue
+            points.append((timestamp, value))
+        if bad is not None:
+            problems.append(f"unusable point {bad!r:.40} in {dict(labels)!r:.80}")
+        series.append(RangeSeries({str(k): str(v) for k, v in labels.items()}, tuple(points)))
+    return ParsedRange(series, problems)
+
+
+def pod_histories(parsed: ParsedRange, unit: Unit) -> tuple[dict[PodKey, UsageHistory], list[str]]:
+    """Per pod, its usage at each step: the pod's series (one per process, container or card)
+    summed at each step, in MiB rounded up, as pod_samples sums them at one instant."""
+    sums: dict[PodKey, dict[float, float]] = {}
+    problems = []
+    for s in parsed.series:
+        key = pod_of(s.labels)
+        if key is None:
+            problems.append(f"no namespace/pod labels in {dict(s.labels)!r:.80}")
+            continue
+        steps = sums.setdefault(key, {})
+        for timestamp, value in s.points:
+            steps[timestamp] = steps.get(timestamp, 0.0) + value
+    histories = {
+        key: UsageHistory(
+            tuple((t, to_mib(total, unit, round_up=True)) for t, total in sorted(steps.items()))
+        )
+        for key, steps in sums.items()
+    }
+    return histories, problems
