@@ -24,6 +24,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from gpumem.demand import ResourceNames
+from gpumem.hints import HintRules
 
 # An extended resource name: a DNS subdomain prefix, a slash, a name (k8s IsQualifiedName).
 _RESOURCE = re.compile(
@@ -37,6 +38,9 @@ T = TypeVar("T")
 
 MiB = Annotated[int, Field(ge=0, le=16 * 1024 * 1024)]
 PositiveMiB = Annotated[int, Field(gt=0, le=16 * 1024 * 1024)]
+# limit = budget x factor: never below the request (the toolkit's hook refuses a request above
+# the limit, and the container then fails to start), and a bound that still means something.
+LimitFactor = Annotated[float, Field(ge=1, le=16)]
 
 
 class _Model(BaseModel):
@@ -54,6 +58,68 @@ def _check_class(value: str | None) -> str | None:
     return value
 
 
+class Hints(_Model):
+    """Enforcement hints: environment variables the webhook writes into every GPU container
+    that has a budget of its own, for the stack under it to enforce that budget (README,
+    "Enforcement hints"). Every switch is off by default; a variable the pod sets itself is
+    left alone, with a warning."""
+
+    container_toolkit: bool = Field(
+        default=False,
+        description="NVIDIA_GPU_MEMORY_REQUEST / NVIDIA_GPU_MEMORY_LIMIT (MiB), read by the "
+        "NVIDIA Container Toolkit's apply-cuda-memory-limits CDI hook, enforced by the driver. "
+        "Needs cgroup v2 and a driver with NVML SetMemoryLimits (CUDA 13.4): elsewhere the hook "
+        "fails and so does the container.",
+    )
+    toolkit_limit_factor: LimitFactor = Field(
+        default=1.0,
+        description="NVIDIA_GPU_MEMORY_LIMIT = budget x this (rounded down); the request is the "
+        "budget.",
+    )
+    mps: bool = Field(
+        default=False,
+        description="CUDA_MPS_PINNED_DEVICE_MEM_LIMIT (0=<budget>M per device), enforced by "
+        "the MPS server; it can only lower the server's default limit.",
+    )
+    jax: bool = Field(
+        default=False,
+        description="XLA_PYTHON_CLIENT_PREALLOCATE=false, and XLA_PYTHON_CLIENT_MEM_FRACTION = "
+        "budget / cardMiB when the card size is known.",
+    )
+    tensorflow: bool = Field(
+        default=False,
+        description="TF_FORCE_GPU_ALLOW_GROWTH=true: no up-front grab of the card (not a cap).",
+    )
+    cupy: bool = Field(default=False, description="CUPY_GPU_MEMORY_LIMIT = budget in bytes.")
+    dry_run: bool = Field(
+        default=False,
+        description="Write nothing; warn (and annotate the audit event) with what would be set.",
+    )
+    card_mib: PositiveMiB | None = Field(
+        default=None,
+        alias="cardMiB",
+        description="Total memory of the namespace's cards (as GPU Feature Discovery's "
+        "nvidia.com/gpu.memory reports it), for the fraction hints; null: no fraction.",
+    )
+
+
+class HintsOverride(_Model):
+    """Per-namespace hints; a field left out falls back to `defaults.hints`."""
+
+    container_toolkit: bool | None = None
+    toolkit_limit_factor: LimitFactor | None = None
+    mps: bool | None = None
+    jax: bool | None = None
+    tensorflow: bool | None = None
+    cupy: bool | None = None
+    dry_run: bool | None = None
+    card_mib: PositiveMiB | None = Field(
+        default=None,
+        alias="cardMiB",
+        description="This namespace's card size; an explicit null refuses the default's.",
+    )
+
+
 class NamespaceOverride(_Model):
     """Per-namespace overrides; a field left out falls back to `defaults`."""
 
@@ -61,6 +127,7 @@ class NamespaceOverride(_Model):
     gpumem_mib: PositiveMiB | None = Field(default=None, alias="gpumemMiB")
     max_gpumem_mib: PositiveMiB | None = Field(default=None, alias="maxGpumemMiB")
     require_declaration: bool | None = None
+    hints: HintsOverride = HintsOverride()
 
     _class = field_validator("priority_class_name")(_check_class)
 
@@ -78,6 +145,7 @@ class Defaults(_Model):
     require_declaration: bool = Field(
         default=False, description="Deny GPU pods that declare no gpumem instead of injecting."
     )
+    hints: Hints = Hints()
 
     _class = field_validator("priority_class_name")(_check_class)
 
@@ -262,6 +330,7 @@ class Policy(_Model):
                 else d.max_gpumem_mib
             ),
             require_declaration=_pick(override.require_declaration, d.require_declaration),
+            hints=_hint_rules(namespace, override.hints, d.hints),
         )
 
 
@@ -276,6 +345,24 @@ class NamespaceRules:
     gpumem_mib: int
     max_gpumem_mib: int | None
     require_declaration: bool
+    hints: HintRules
+
+
+def _hint_rules(namespace: str, override: HintsOverride, defaults: Hints) -> HintRules:
+    card_mib, card_source = defaults.card_mib, "defaults.hints.cardMiB"
+    if "card_mib" in override.model_fields_set:
+        card_mib, card_source = override.card_mib, f"namespaces.{namespace}.hints.cardMiB"
+    return HintRules(
+        container_toolkit=_pick(override.container_toolkit, defaults.container_toolkit),
+        toolkit_limit_factor=_pick(override.toolkit_limit_factor, defaults.toolkit_limit_factor),
+        mps=_pick(override.mps, defaults.mps),
+        jax=_pick(override.jax, defaults.jax),
+        tensorflow=_pick(override.tensorflow, defaults.tensorflow),
+        cupy=_pick(override.cupy, defaults.cupy),
+        dry_run=_pick(override.dry_run, defaults.dry_run),
+        card_mib=card_mib,
+        card_source=card_source,
+    )
 
 
 def _pick(override: T | None, default: T) -> T:

@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from gpumem.demand import ContainerGpumem, DemandError, PodDemand, read_demand
+from gpumem.demand import ContainerGpumem, DemandError, PodDemand, ResourceNames, read_demand
+from gpumem.hints import ContainerHints, LeftAlone, gpu_count, plan_container
 from gpumem.policy import NamespaceRules, Policy
 from webhook import responses
 from webhook.models import AdmissionRequest
@@ -26,6 +27,11 @@ AUDIT_GPUMEM = "gpumem"
 AUDIT_PRIORITY_CLASS = "priority-class"
 AUDIT_PRIORITY_CLASS_SKIPPED = "priority-class-skipped"
 AUDIT_SCHEDULER = "scheduler-name"
+# Enforcement hints, one value for the whole pod ("app: NAME=VALUE NAME=VALUE; warmup: ..."):
+# per-container keys would outgrow the 63 characters a qualified name's name part allows.
+AUDIT_HINTS = "hints"
+AUDIT_HINTS_DRY_RUN = "hints-dry-run"
+AUDIT_HINTS_LEFT_ALONE = "hints-left-alone"
 
 
 def decide(request: AdmissionRequest, policy: Policy, cluster: ClusterView) -> Reply:
@@ -48,11 +54,15 @@ def decide(request: AdmissionRequest, policy: Policy, cluster: ClusterView) -> R
     denial = edit.gpumem(demand)
     if denial is not None:
         return _denied(denial)
-    denial = edit.check_cap(policy)
+    # What the scheduler will count, and what each container's hints derive from: the pod
+    # after the budget was injected or normalised. Every declaration parsed above.
+    final = read_demand(edit.draft.current, policy.resource_names)
+    denial = edit.check_cap(final)
     if denial is not None:
         return _denied(denial)
     edit.priority_class(cluster)
     edit.scheduler(policy.scheduler_name)
+    edit.hints(final, policy.resource_names)
     return edit.reply()
 
 
@@ -103,10 +113,10 @@ class _Edit:
                 self.changes[f"gpumem[{_shown(container.name)}]"] = mib
         return None
 
-    def check_cap(self, policy: Policy) -> str | None:
+    def check_cap(self, final: PodDemand) -> str | None:
         """Deny a pod whose GPU memory, as the scheduler will count it, is above the cap."""
         cap = self.rules.max_gpumem_mib
-        total = read_demand(self.draft.current, policy.resource_names).declared_mib or 0
+        total = final.declared_mib or 0
         self.audit[AUDIT_GPUMEM] = str(total)
         if cap is None or total <= cap:
             return None
@@ -176,6 +186,80 @@ class _Edit:
         self.audit[AUDIT_SCHEDULER] = scheduler_name
         self.changes["schedulerName"] = scheduler_name
 
+    def hints(self, final: PodDemand, names: ResourceNames) -> None:
+        """Write the namespace's enforcement hints into every GPU container with a budget.
+
+        The budget is per container (the injected one sits on the first GPU container), so a
+        container that uses the GPU without a budget of its own gets none: there is nothing to
+        derive a cap from. A second pass over a hinted pod (reinvocation) finds every variable
+        with vramguard's value and adds and says nothing; the warnings that do repeat (no card
+        size, envFrom) are the same text, which the API server sends once per request.
+        """
+        rules = self.rules.hints
+        if not rules.enabled:
+            return
+        applied: list[str] = []
+        kept: list[str] = []
+        for container in final.containers:
+            if not container.uses_gpu:
+                continue
+            label = _shown(container.name)
+            budget = container.declared_mib
+            if budget is None:
+                self.warnings.append(
+                    f"container {label} uses the GPU but declares no {self.gpumem_name} of its "
+                    "own: no enforcement hints"
+                )
+                continue
+            if budget == 0:
+                self.warnings.append(
+                    f"container {label} declares {self.gpumem_name}=0: no enforcement hints "
+                    "(a cap of 0 would keep it off the card)"
+                )
+                continue
+            path = ("spec", container.list_name, container.index)
+            raw = self.draft.get(path)
+            raw = raw if isinstance(raw, Mapping) else {}
+            plan = plan_container(raw, budget, gpu_count(raw, names), rules)
+            self._hint_notes(label, plan)
+            if plan.left_alone:
+                kept.append(f"{label}: " + " ".join(_left_alone_names(plan.left_alone)))
+            if not plan.add:
+                continue
+            settings = " ".join(f"{name}={value}" for name, value in plan.add)
+            applied.append(f"{label}: {settings}")
+            where = f"on container {label} (enforcement hints, namespace {self.rules.namespace})"
+            if rules.dry_run:
+                self.warnings.append(f"dry run: would set {settings} {where}")
+                continue
+            for name, value in plan.add:
+                self.draft.append((*path, "env"), {"name": name, "value": value})
+            self.warnings.append(f"set {settings} {where}")
+            self.changes[f"hints[{label}]"] = settings
+        if applied:
+            self.audit[AUDIT_HINTS_DRY_RUN if rules.dry_run else AUDIT_HINTS] = "; ".join(applied)
+        if kept:
+            self.audit[AUDIT_HINTS_LEFT_ALONE] = "; ".join(kept)
+
+    def _hint_notes(self, label: str, plan: ContainerHints) -> None:
+        if plan.env_from:
+            self.warnings.append(
+                f"container {label} reads variables from envFrom, which vramguard cannot see: "
+                "no enforcement hints (one could override a value set there)"
+            )
+        for left in plan.left_alone:
+            found = left.found
+            value = "from valueFrom" if found.value is None else _shown(found.value)
+            written = " ".join(f"{name}={v}" for name, v in left.hint.env)
+            self.warnings.append(
+                f"container {label} sets {found.variable} itself ({value}): "
+                f"{left.hint.switch} hint {written} left alone"
+            )
+        for unset in plan.unset:
+            self.warnings.append(
+                f"container {label}: {unset.variable} not set ({unset.switch} hint): {unset.reason}"
+            )
+
     def reply(self) -> Reply:
         patch = self.draft.patch()
         warnings = [WARNING_PREFIX + w for w in self.warnings]
@@ -205,6 +289,10 @@ def _unchanged(reason: str) -> Reply:
 
 def _denied(message: str) -> Reply:
     return responses.denied(WARNING_PREFIX + message)
+
+
+def _left_alone_names(left_alone: tuple[LeftAlone, ...]) -> list[str]:
+    return [name for left in left_alone for name, _ in left.hint.env]
 
 
 def _pod_namespace(pod: Mapping[str, Any]) -> str:

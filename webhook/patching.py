@@ -46,6 +46,16 @@ class PodDraft:
         by one: the API server never sends those, so this only shapes hand-made requests."""
         _store(self._parent(path), path[-1], value)
 
+    def append(self, path: JsonPath, value: Any) -> None:
+        """Append value to the array at path; where there is none (missing, null, another
+        type) the member becomes a new array holding only value."""
+        if not isinstance(self.get(path), list):
+            self.set(path, [value])
+            return
+        array = self._parent((*path, 0))
+        assert isinstance(array, list)
+        array.append(value)
+
     def remove(self, path: JsonPath) -> None:
         """Remove the member at path if it is there."""
         if not _has_member(self.get(path[:-1]), path[-1]):
@@ -113,12 +123,14 @@ def _changed_parts(before: Any, after: Any) -> tuple[Any, Any]:
     """Both documents without the members that are the very same object on both sides.
 
     A member shared by identity is unchanged and adds nothing to the diff, so it is dropped
-    from both sides. Arrays of equal length (the draft never adds or removes items) become
-    objects keyed by index: a JSON Pointer does not tell `/containers/0` of an array from
-    `/containers/0` of an object, so the paths the diff produces are the same, and the diff
-    compares the items by position instead of matching up moved ones.
+    from both sides. Arrays the draft changed in place or appended to (it never removes or
+    inserts items) become objects keyed by index: a JSON Pointer does not tell `/env/0` of an
+    array from `/env/0` of an object, so the paths the diff produces are the same, the diff
+    compares the items by position instead of matching up moved ones, and each appended item
+    is an `add` at the index just past the end (RFC 6902: an index equal to the array's length
+    appends), in order.
     """
-    if isinstance(before, list) and isinstance(after, list) and len(before) == len(after):
+    if isinstance(before, list) and isinstance(after, list) and len(before) <= len(after):
         before = dict(zip(map(str, range(len(before))), before, strict=True))
         after = dict(zip(map(str, range(len(after))), after, strict=True))
     if not (isinstance(before, dict) and isinstance(after, dict)):
@@ -138,7 +150,7 @@ def _changed_parts(before: Any, after: Any) -> tuple[Any, Any]:
 
 def _diff(before: Any, after: Any, pointer: str, into: list[PatchOperation]) -> None:
     """Append the operations turning `before` into `after` (both from _changed_parts, so
-    arrays of equal length are objects keyed by index) at JSON Pointer `pointer`.
+    arrays the draft kept or grew are objects keyed by index) at JSON Pointer `pointer`.
 
     Only add, remove and replace, which is what the draft did: no move or copy detection.
     A value of another JSON type is replaced even where Python's == holds (True == 1).

@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pytest
 
+from gpumem.hints import HintRules
 from gpumem.policy import Policy, PolicyError, load_policy, parse_policy, policy_schema
 from gpumem.policy_file import PolicyFile
 
@@ -93,6 +94,9 @@ def test_empty_file_is_refused(text: str) -> None:
             "namespaces.big: gpumemMiB 900 is above maxGpumemMiB 800",
         ),
         ("key: [unclosed", "not valid YAML"),
+        ("defaults: {hints: {toolkitLimitFactor: 0.5}}", "defaults.hints.toolkitLimitFactor"),
+        ("namespaces: {a: {hints: {cardMiB: 0}}}", "namespaces.a.hints.cardMiB"),
+        ("namespaces: {a: {hints: {jaxx: true}}}", "namespaces.a.hints.jaxx: Extra inputs"),
     ],
 )
 def test_invalid_policy_names_the_field(text: str, message: str) -> None:
@@ -164,3 +168,56 @@ def test_policy_file_first_load_fails_loudly(tmp_path: Path) -> None:
     path.write_text("schedulerName: [1]")
     with pytest.raises(PolicyError, match="schedulerName"):
         PolicyFile(path)
+
+
+HINTS = """
+defaults:
+  hints: {cardMiB: 15360, containerToolkit: true}
+namespaces:
+  ml: {hints: {jax: true, toolkitLimitFactor: 1.25}}
+  other-card: {hints: {cardMiB: 24576, dryRun: true}}
+  no-card: {hints: {cardMiB: null, jax: true}}
+  switched-off: {hints: {containerToolkit: false}}
+  plain: {gpumemMiB: 2000}
+"""
+
+
+@pytest.mark.parametrize(
+    ("namespace", "expected"),
+    [
+        (
+            "ml",
+            HintRules(container_toolkit=True, toolkit_limit_factor=1.25, jax=True, card_mib=15360),
+        ),
+        (
+            "other-card",
+            HintRules(
+                container_toolkit=True,
+                dry_run=True,
+                card_mib=24576,
+                card_source="namespaces.other-card.hints.cardMiB",
+            ),
+        ),
+        (
+            "no-card",
+            HintRules(
+                container_toolkit=True,
+                jax=True,
+                card_mib=None,
+                card_source="namespaces.no-card.hints.cardMiB",
+            ),
+        ),
+        ("switched-off", HintRules(card_mib=15360)),
+        ("plain", HintRules(container_toolkit=True, card_mib=15360)),
+        ("unlisted", HintRules(container_toolkit=True, card_mib=15360)),
+    ],
+)
+def test_hints_resolve_field_by_field(namespace: str, expected: HintRules) -> None:
+    assert parse_policy(HINTS).for_namespace(namespace).hints == expected
+
+
+def test_hints_are_off_unless_the_policy_says_so() -> None:
+    assert not Policy().for_namespace("any").hints.enabled
+    assert (
+        not load_policy(REPO / "manifests/base/policy.yaml").for_namespace("immich").hints.enabled
+    )

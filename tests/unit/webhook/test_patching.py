@@ -86,6 +86,48 @@ EDITS = [
         [{"op": "replace", "path": "/c/1/r/a~0b~1c", "value": "1"}],
         id="array item by index, pointer escaping of ~ and /",
     ),
+    pytest.param(
+        {"c": [{"n": "x"}]},
+        [("append", ("c", 0, "env"), {"name": "A", "value": "1"})],
+        [{"op": "add", "path": "/c/0/env", "value": [{"name": "A", "value": "1"}]}],
+        id="append where there is no array adds one",
+    ),
+    pytest.param(
+        {"c": [{"env": [{"name": "K", "value": "v"}]}]},
+        [
+            ("append", ("c", 0, "env"), {"name": "A", "value": "1"}),
+            ("append", ("c", 0, "env"), {"name": "B", "value": "2"}),
+        ],
+        [
+            {"op": "add", "path": "/c/0/env/1", "value": {"name": "A", "value": "1"}},
+            {"op": "add", "path": "/c/0/env/2", "value": {"name": "B", "value": "2"}},
+        ],
+        id="appends to an array are adds past its end, in order; its items are not resent",
+    ),
+    pytest.param(
+        {"c": [{"env": []}]},
+        [("append", ("c", 0, "env"), "x"), ("set", ("c", 0, "name"), "n")],
+        [
+            {"op": "add", "path": "/c/0/env/0", "value": "x"},
+            {"op": "add", "path": "/c/0/name", "value": "n"},
+        ],
+        id="append to an empty array",
+    ),
+    pytest.param(
+        {"c": [{"env": None}]},
+        [("append", ("c", 0, "env"), "x")],
+        [{"op": "replace", "path": "/c/0/env", "value": ["x"]}],
+        id="a null where an array belongs becomes one",
+    ),
+    pytest.param(
+        {"c": [{"env": [{"name": "K", "value": "v"}]}]},
+        [("set", ("c", 0, "env", 0, "value"), "w"), ("append", ("c", 0, "env"), "x")],
+        [
+            {"op": "replace", "path": "/c/0/env/0/value", "value": "w"},
+            {"op": "add", "path": "/c/0/env/1", "value": "x"},
+        ],
+        id="an item changed in place and one appended",
+    ),
 ]
 
 
@@ -98,6 +140,8 @@ def test_edits(
     for action, path, value in edits:
         if action == "set":
             draft.set(path, value)
+        elif action == "append":
+            draft.append(path, value)
         else:
             draft.remove(path)
     assert draft.patch() == expected
@@ -169,8 +213,13 @@ def test_patch_turns_the_original_into_the_draft(original: dict[str, Any], data:
         if not paths:
             break
         path = data.draw(st.sampled_from(paths))
-        if data.draw(st.booleans()) and not isinstance(path[-1], int):
+        action = data.draw(st.sampled_from(["remove", "set", "append"]))
+        if action == "remove" and not isinstance(path[-1], int):
             draft.remove(path)
+        elif action == "append" and (
+            isinstance(draft.get(path), list) or _settable(draft.current, path)
+        ):
+            draft.append(path, data.draw(SCALARS))
         elif _settable(draft.current, path):
             draft.set(path, data.draw(SCALARS))
     assert original == before
@@ -185,7 +234,7 @@ def _json(doc: Any) -> str:
 
 
 def _settable(doc: Any, path: JsonPath) -> bool:
-    # An array index must exist (the draft edits items, it never grows an array).
+    # An array index must exist (the draft edits items in place; only append grows an array).
     node = doc
     for key in path[:-1]:
         container: Any = node  # a str key on a list fails here, as it should
