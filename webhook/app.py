@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -105,14 +106,20 @@ def create_app(settings: Settings, deps: Dependencies) -> Starlette:
                 fields["changes"] = dict(reply.changes)
         except Exception as err:
             # The pod is not admitted (failurePolicy would fail it too); the uid is kept so
-            # the API server shows this message instead of a transport error.
-            log.exception("deciding %s failed", admission.uid)
-            metrics.errors.labels("internal").inc()
-            reply = responses.errored(
-                HTTPStatus.INTERNAL_SERVER_ERROR.value,
-                f"vramguard: internal error: {type(err).__name__}: {err}",
+            # the API server shows this message instead of a transport error. The reply says
+            # only that it failed and under which id; the exception stays in the log, under
+            # the same id.
+            error_id = secrets.token_hex(6)
+            error = f"{type(err).__name__}: {err}"
+            log.exception(
+                "deciding %s failed (error id %s)",
+                admission.uid,
+                error_id,
+                extra={FIELDS: {"uid": admission.uid, "error_id": error_id, "error": error}},
             )
-            fields.update(decision="errored", message=str(err))
+            metrics.errors.labels("internal").inc()
+            reply = responses.internal_error(error_id)
+            fields.update(decision="errored", message=reply.message, error_id=error_id)
         body = responses.review_json(responses.complete(reply, admission.uid))
         elapsed = time.perf_counter() - started
         metrics.requests.labels(fields["decision"]).inc()

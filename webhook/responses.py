@@ -95,6 +95,16 @@ def errored(code: int, message: str) -> Reply:
     return Reply(allowed=False, status=Status(code=code, message=message))
 
 
+def internal_error(error_id: str) -> Reply:
+    """An unexpected failure, answered without its details: the reply reaches whoever created
+    the pod (and anything that can reach the webhook), and an exception's text can carry the
+    request's contents or the service's internals. The log line that records the exception
+    carries the same `error_id`, so the message leads an operator to it."""
+    code = HTTPStatus.INTERNAL_SERVER_ERROR.value
+    message = f"vramguard: internal error (error id {error_id}); the webhook's log has the details"
+    return Reply(allowed=False, status=Status(code=code, reason=_reason(code), message=message))
+
+
 def complete(reply: Reply, uid: str) -> AdmissionReview:
     """The AdmissionReview answering request `uid`: the uid echoed, a status code always set,
     and a non-empty patch encoded as base64 JSON with patchType JSONPatch."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -254,21 +255,59 @@ def test_other_methods_and_paths(client: TestClient) -> None:
     assert client.post("/validate", content=VALID, headers=JSON_HEADERS).status_code == 404
 
 
-def test_unexpected_error_keeps_the_uid(
-    client: TestClient, metrics: WebhookMetrics, monkeypatch: pytest.MonkeyPatch
+def test_unexpected_error_keeps_the_uid_and_its_details_in_the_log(
+    client: TestClient,
+    metrics: WebhookMetrics,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def broken(*_: Any) -> None:
+        raise RuntimeError("secret-token-in-the-message")
+
+    monkeypatch.setattr("webhook.app.decide", broken)
+    caplog.set_level(logging.INFO, logger="webhook.app")
+    response = post(client, review(gpu_pod(), uid="uid-3"))
+    assert response["uid"] == "uid-3"
+    assert response["allowed"] is False
+    assert response["status"]["code"] == 500
+    assert response["status"]["reason"] == "InternalError"
+    message = response["status"]["message"]
+    # The caller learns that it failed and under which id, never the exception.
+    match = re.fullmatch(
+        r"vramguard: internal error \(error id ([0-9a-f]{12})\); "
+        r"the webhook's log has the details",
+        message,
+    )
+    assert match is not None, message
+    assert "secret-token" not in message
+    assert "RuntimeError" not in message
+    assert "patch" not in response
+    # The log line with the traceback carries the same id, so an operator can find it.
+    error_id = match.group(1)
+    (failure,) = [r for r in caplog.records if r.exc_info is not None]
+    assert error_id in failure.getMessage()
+    assert failure.fields["error_id"] == error_id  # type: ignore[attr-defined]
+    assert failure.fields["error"] == "RuntimeError: secret-token-in-the-message"  # type: ignore[attr-defined]
+    assert failure.exc_info is not None
+    assert isinstance(failure.exc_info[1], RuntimeError)
+    (request_line,) = [r for r in caplog.records if r.getMessage() == "admission"]
+    assert request_line.fields["error_id"] == error_id  # type: ignore[attr-defined]
+    assert request_line.fields["message"] == message  # type: ignore[attr-defined]
+    assert metric(metrics, "vramguard_webhook_errors_total", kind="internal") == 1
+    assert metric(metrics, "vramguard_webhook_requests_total", decision="errored") == 1
+
+
+def test_each_unexpected_error_gets_its_own_id(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def broken(*_: Any) -> None:
         raise RuntimeError("bug")
 
     monkeypatch.setattr("webhook.app.decide", broken)
-    response = post(client, review(gpu_pod(), uid="uid-3"))
-    assert response["uid"] == "uid-3"
-    assert response["allowed"] is False
-    assert response["status"]["code"] == 500
-    assert "RuntimeError: bug" in response["status"]["message"]
-    assert "patch" not in response
-    assert metric(metrics, "vramguard_webhook_errors_total", kind="internal") == 1
-    assert metric(metrics, "vramguard_webhook_requests_total", decision="errored") == 1
+    messages = {
+        post(client, review(gpu_pod(), uid=f"uid-{i}"))["status"]["message"] for i in range(3)
+    }
+    assert len(messages) == 3
 
 
 # --- logs, health, readiness, metrics ----------------------------------------------------------

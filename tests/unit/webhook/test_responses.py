@@ -96,3 +96,17 @@ def test_failure_status_is_a_kubernetes_status() -> None:
         "reason": "UnsupportedMediaType",
         "code": 415,
     }
+
+
+def test_internal_error_names_its_id_and_nothing_else() -> None:
+    response = completed(responses.internal_error("0123456789ab"))
+    assert response == {
+        "uid": "u-9",
+        "allowed": False,
+        "status": {
+            "code": 500,
+            "reason": "InternalError",
+            "message": "vramguard: internal error (error id 0123456789ab); "
+            "the webhook's log has the details",
+        },
+    }
