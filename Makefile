@@ -15,6 +15,8 @@ KUSTOMIZE_VERSION := v5.8.1
 KUSTOMIZE := $(CACHE)/tools/kustomize-$(KUSTOMIZE_VERSION)/kustomize
 HELM_VERSION := v3.22.0
 HELM := $(CACHE)/tools/helm-$(HELM_VERSION)/helm
+ACTIONLINT_VERSION := v1.7.12
+ACTIONLINT := $(CACHE)/tools/actionlint-$(ACTIONLINT_VERSION)/actionlint
 WEBHOOK_DNS ?= vramguard-webhook.vramguard.svc
 
 .PHONY: help
@@ -47,8 +49,12 @@ $(HELM):
 	@echo "installing helm $(HELM_VERSION) into $(@D)"
 	GOBIN=$(@D) go install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
 
+$(ACTIONLINT):
+	@echo "installing actionlint $(ACTIONLINT_VERSION) into $(@D)"
+	GOBIN=$(@D) go install github.com/rhysd/actionlint/cmd/actionlint@$(ACTIONLINT_VERSION)
+
 .PHONY: tools
-tools: $(STAMP) $(KUSTOMIZE) $(HELM) ## Prometheus/promtool (apt), kustomize, helm, and the Kubernetes binaries
+tools: $(STAMP) $(KUSTOMIZE) $(HELM) $(ACTIONLINT) ## Prometheus/promtool (apt), kustomize, helm, actionlint, and the Kubernetes binaries
 	tests/e2e/install-deps.sh
 	tests/e2e/controlplane/build.sh
 
@@ -83,6 +89,11 @@ certs: $(STAMP) ## issue a CA and the webhook's serving cert into certs/out
 .PHONY: schema
 schema: $(STAMP) ## regenerate the policy JSON Schema
 	$(PY) -m gpumem schema > gpumem/policy.schema.json
+
+.PHONY: match-conditions
+match-conditions: $(STAMP) ## render the webhook's CEL matchConditions from the base policy
+	$(PY) -m gpumem match-conditions --policy manifests/base/policy.yaml \
+		--write manifests/base/mutatingwebhook.yaml
 
 .PHONY: clean
 clean: ## remove the virtualenv and caches (built Kubernetes binaries live in ~/.cache/vramguard)
