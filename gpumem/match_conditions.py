@@ -46,6 +46,8 @@ Why this shape:
   (2 x names + 6) per container whose resources it reads; MAX_NAMES keeps that under the
   budget for any pod with fewer than about 30,000 containers. A pod past it gets an evaluation
   error, which failurePolicy Fail turns into a rejection: never a bypass.
+  tests/e2e/test_match_conditions.py has the real kube-apiserver accept MAX_NAMES names and
+  send exactly the pods gpumem.demand counts as GPU pods.
 """
 
 from __future__ import annotations
