@@ -90,6 +90,12 @@ certs: $(STAMP) ## issue a CA and the webhook's serving cert into certs/out
 schema: $(STAMP) ## regenerate the policy JSON Schema
 	$(PY) -m gpumem schema > gpumem/policy.schema.json
 
+.PHONY: chart
+chart: $(STAMP) $(HELM) ## regenerate the Helm chart's values.schema.json and files/, then lint it
+	$(PY) -m tests.unit.manifests.helm_schema
+	$(HELM) lint --strict manifests/helm/vramguard --namespace vramguard \
+		--kube-version "$$(cat tests/e2e/controlplane/VERSION)"
+
 .PHONY: match-conditions
 match-conditions: $(STAMP) ## render the webhook's CEL matchConditions from the base policy
 	$(PY) -m gpumem match-conditions --policy manifests/base/policy.yaml \

@@ -1,0 +1,175 @@
+{{/*
+Shared pieces. Object names are fixed, not prefixed with the release name: RBAC names the
+Secret and the MutatingWebhookConfiguration by name (resourceNames), the serving certificate
+names the Service, and the PriorityClasses are cluster-wide, so one vramguard per cluster.
+*/}}
+
+{{/* Helm's own labels, on every object: what `helm` and people use to find the release. */}}
+{{- define "vramguard.helmLabels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/*
+metadata.labels and metadata.annotations of one object. Argument: a dict with
+  ctx     the root context
+  labels  the object's own labels (selectors use some: they win over everything else)
+  base    true for the objects of manifests/base, which kustomize labels with part-of and
+          version (the components' objects carry their own labels only)
+  annotations  the object's own annotations (optional)
+commonLabels and commonAnnotations come last: they cannot replace a label a selector needs.
+*/}}
+{{- define "vramguard.metadata" -}}
+{{- $ctx := .ctx -}}
+{{- $labels := deepCopy (.labels | default dict) -}}
+{{- if .base }}
+{{- $labels = merge $labels (dict "app.kubernetes.io/part-of" "vramguard" "app.kubernetes.io/version" $ctx.Chart.AppVersion) -}}
+{{- end }}
+{{- $labels = merge $labels (include "vramguard.helmLabels" $ctx | fromYaml) (deepCopy $ctx.Values.commonLabels) -}}
+labels:
+  {{- toYaml $labels | nindent 2 }}
+{{- $annotations := merge (deepCopy (.annotations | default dict)) (deepCopy $ctx.Values.commonAnnotations) }}
+{{- with $annotations }}
+annotations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/* A pod template's metadata: the selector labels first, then podLabels/podAnnotations. */}}
+{{- define "vramguard.podMetadata" -}}
+{{- $ctx := .ctx -}}
+{{- $labels := merge (deepCopy .labels) (deepCopy $ctx.Values.podLabels) -}}
+labels:
+  {{- toYaml $labels | nindent 2 }}
+{{- $annotations := merge (deepCopy (.annotations | default dict)) (deepCopy $ctx.Values.podAnnotations) }}
+{{- with $annotations }}
+annotations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/* An image reference from {repository, tag, digest}; the tag defaults to appVersion. */}}
+{{- define "vramguard.image" -}}
+{{- $image := .image -}}
+{{- $ref := $image.repository -}}
+{{- $tag := $image.tag | default .ctx.Chart.AppVersion -}}
+{{- if $tag }}{{ $ref = printf "%s:%s" $ref $tag }}{{ end -}}
+{{- if $image.digest }}{{ $ref = printf "%s@%s" $ref $image.digest }}{{ end -}}
+{{- $ref -}}
+{{- end }}
+
+{{/* imagePullSecrets of a pod spec, when there are any. */}}
+{{- define "vramguard.pullSecrets" -}}
+{{- with .Values.images.pullSecrets }}
+imagePullSecrets:
+  {{- range . }}
+  - name: {{ . }}
+  {{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+nodeSelector, tolerations and affinity of a pod spec, from one workload's values; priorityClassName
+too. Argument: the workload's values.
+*/}}
+{{- define "vramguard.placement" -}}
+{{- with .priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
+{{- with .nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/* The policy file as it lands in its ConfigMap. */}}
+{{- define "vramguard.policyFile" -}}
+{{- toYaml .Values.policy }}
+{{- end }}
+
+{{/*
+The KubeSchedulerConfiguration: manifests/base/scheduler-config.yaml (a copy in files/, written
+by `python -m tests.unit.manifests.helm_schema`),
+with the Lease in the release namespace and managedResources from the policy (the GPU-memory
+resource first, as there), so that a GPU resource added to the policy reaches the extender as
+well as the webhook.
+*/}}
+{{- define "vramguard.schedulerConfig" -}}
+{{- $config := .Files.Get "files/scheduler-config.yaml" | fromYaml -}}
+{{- $_ := set $config.leaderElection "resourceNamespace" .Release.Namespace -}}
+{{- $gpumem := .Values.policy.gpumemResourceName -}}
+{{- $managed := list (dict "name" $gpumem "ignoredByScheduler" false) -}}
+{{- range (include "vramguard.resourceNames" . | fromYamlArray) }}
+{{- if ne . $gpumem }}{{ $managed = append $managed (dict "name" . "ignoredByScheduler" false) }}{{ end -}}
+{{- end }}
+{{- range $config.extenders }}
+{{- $_ := set . "managedResources" $managed -}}
+{{- end }}
+{{- toYaml $config }}
+{{- end }}
+
+{{/*
+The resource names that make a GPU pod: every gpuResourceNames entry in policy order, then
+gpumemResourceName, each once (gpumem/match_conditions.py resource_names).
+*/}}
+{{- define "vramguard.resourceNames" -}}
+{{- $gpus := required "policy.gpuResourceNames is required (the chart renders the webhook's matchConditions from it)" .Values.policy.gpuResourceNames -}}
+{{- $gpumem := required "policy.gpumemResourceName is required (the chart renders the webhook's matchConditions from it)" .Values.policy.gpumemResourceName -}}
+{{- /* The policy refuses it too (gpumem.policy), but only when the webhook starts. */ -}}
+{{- if has $gpumem $gpus }}
+{{- fail "policy.gpumemResourceName must not also be listed in policy.gpuResourceNames" }}
+{{- end }}
+{{- $names := list -}}
+{{- range (append $gpus $gpumem) }}
+{{- if not (has . $names) }}{{ $names = append $names . }}{{ end -}}
+{{- end }}
+{{- toYaml $names }}
+{{- end }}
+
+{{/*
+The webhook's CEL condition, byte for byte what gpumem/match_conditions.py `expression`
+writes (a test compares the two for several policies): see that module for why this shape.
+*/}}
+{{- define "vramguard.matchExpression" -}}
+{{- $names := include "vramguard.resourceNames" . | fromYamlArray -}}
+{{- $requests := list -}}
+{{- $limits := list -}}
+{{- range $names }}
+{{- $requests = append $requests (printf "'%s' in c.resources.requests" .) -}}
+{{- $limits = append $limits (printf "'%s' in c.resources.limits" .) -}}
+{{- end }}
+{{- $test := printf "has(c.resources) && ((has(c.resources.requests) && (%s)) || (has(c.resources.limits) && (%s)))" (join " || " $requests) (join " || " $limits) -}}
+{{- printf "object.spec.containers.exists(c, %s) || (has(object.spec.initContainers) && object.spec.initContainers.exists(c, %s))" $test $test -}}
+{{- end }}
+
+{{/* The Secret the webhook serves from, in the modes where it does not write it itself. */}}
+{{- define "vramguard.tlsSecretName" -}}
+{{- if eq .Values.certificates.mode "provided" -}}
+{{- required "certificates.provided.secretName is required with certificates.mode provided" .Values.certificates.provided.secretName -}}
+{{- else -}}
+vramguard-webhook-tls
+{{- end -}}
+{{- end }}
+
+{{/* The Service's name as the API server and Prometheus verify it. */}}
+{{- define "vramguard.webhookHost" -}}
+vramguard-webhook.{{ .Release.Namespace }}.svc
+{{- end }}
+
+{{/* The generated ConfigMaps' names: name-<10 characters of the content's hash>. */}}
+{{- define "vramguard.policyConfigMap" -}}
+vramguard-policy-{{ include "vramguard.policyFile" . | sha256sum | trunc 10 }}
+{{- end }}
+
+{{- define "vramguard.schedulerConfigMap" -}}
+vramguard-scheduler-config-{{ include "vramguard.schedulerConfig" . | sha256sum | trunc 10 }}
+{{- end }}
