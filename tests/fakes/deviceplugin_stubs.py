@@ -3,73 +3,27 @@ repository and its test do it:
 
     .venv/bin/python -m tests.fakes.deviceplugin_stubs
 
-protoc runs from the repository root on `tests/fakes/deviceplugin_pb/api.proto`, so that the
-generated gRPC module imports `tests.fakes.deviceplugin_pb.api_pb2` (a bare `import api_pb2`
-would need the folder on sys.path). grpcio-tools writes the message and gRPC modules,
-mypy-protobuf their typed stubs (.pyi), which mypy strict reads instead of the untyped
-generated code. The same steps as tests/unit/kube/podresources_stubs.py, for another proto.
+The steps are tests/unit/kube/podresources_stubs.py's (protoc from the repository root, so the
+generated gRPC module imports `tests.fakes.deviceplugin_pb.api_pb2`; mypy-protobuf's typed
+stubs beside the modules), for this proto's package.
 """
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.unit.kube import podresources_stubs
+from tests.unit.kube.podresources_stubs import GENERATED, REPO, ToolMissing
+
 PACKAGE = Path("tests") / "fakes" / "deviceplugin_pb"
-PROTO = PACKAGE / "api.proto"
-GENERATED = ("api_pb2.py", "api_pb2.pyi", "api_pb2_grpc.py", "api_pb2_grpc.pyi")
-
-
-class ToolMissing(Exception):
-    """grpcio-tools or mypy-protobuf is not installed."""
 
 
 def generate(out_root: Path) -> list[Path]:
     """Write the generated files under out_root/tests/fakes/deviceplugin_pb/; their paths."""
-    try:
-        import grpc_tools  # noqa: F401, PLC0415
-    except ImportError as err:
-        raise ToolMissing("grpcio-tools is not installed") from err
-    plugins = Path(sys.executable).parent
-    mypy_plugin = plugins / "protoc-gen-mypy"
-    mypy_grpc_plugin = plugins / "protoc-gen-mypy_grpc"
-    if not (mypy_plugin.exists() and mypy_grpc_plugin.exists()):
-        raise ToolMissing(f"mypy-protobuf's protoc plugins are not in {plugins}")
-    with tempfile.TemporaryDirectory() as scratch:
-        work = Path(scratch)
-        (work / PACKAGE).mkdir(parents=True)
-        shutil.copyfile(REPO / PROTO, work / PROTO)
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "grpc_tools.protoc",
-                f"--plugin=protoc-gen-mypy={mypy_plugin}",
-                f"--plugin=protoc-gen-mypy_grpc={mypy_grpc_plugin}",
-                "-I.",
-                "--python_out=.",
-                "--grpc_python_out=.",
-                "--mypy_out=quiet:.",
-                "--mypy_grpc_out=quiet:.",
-                str(PROTO),
-            ],
-            cwd=work,
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        written = []
-        for name in GENERATED:
-            target = out_root / PACKAGE / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(work / PACKAGE / name, target)
-            written.append(target)
-    return written
+    return podresources_stubs.generate(out_root, PACKAGE)
 
+
+__all__ = ["GENERATED", "PACKAGE", "REPO", "ToolMissing", "generate"]
 
 if __name__ == "__main__":
     for path in generate(REPO):

@@ -19,7 +19,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[3]
 PACKAGE = Path("kube") / "podresources_pb"
-PROTO = PACKAGE / "api.proto"
 GENERATED = ("api_pb2.py", "api_pb2.pyi", "api_pb2_grpc.py", "api_pb2_grpc.pyi")
 
 
@@ -27,8 +26,11 @@ class ToolMissing(Exception):
     """grpcio-tools or mypy-protobuf is not installed."""
 
 
-def generate(out_root: Path) -> list[Path]:
-    """Write the generated files under out_root/kube/podresources_pb/; their paths."""
+def generate(out_root: Path, package: Path = PACKAGE) -> list[Path]:
+    """Write the modules generated from ``package``/api.proto (a folder relative to the
+    repository root) under out_root/``package``/; their paths. The e2e fakes' device-plugin
+    proto (tests.fakes.deviceplugin_stubs) is generated the same way."""
+    proto = package / "api.proto"
     try:
         import grpc_tools  # noqa: F401, PLC0415
     except ImportError as err:
@@ -40,8 +42,8 @@ def generate(out_root: Path) -> list[Path]:
         raise ToolMissing(f"mypy-protobuf's protoc plugins are not in {plugins}")
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(scratch)
-        (work / PACKAGE).mkdir(parents=True)
-        shutil.copyfile(REPO / PROTO, work / PROTO)
+        (work / package).mkdir(parents=True)
+        shutil.copyfile(REPO / proto, work / proto)
         subprocess.run(
             [
                 sys.executable,
@@ -54,7 +56,7 @@ def generate(out_root: Path) -> list[Path]:
                 "--grpc_python_out=.",
                 "--mypy_out=quiet:.",
                 "--mypy_grpc_out=quiet:.",
-                str(PROTO),
+                str(proto),
             ],
             cwd=work,
             check=True,
@@ -63,9 +65,9 @@ def generate(out_root: Path) -> list[Path]:
         )
         written = []
         for name in GENERATED:
-            target = out_root / PACKAGE / name
+            target = out_root / package / name
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(work / PACKAGE / name, target)
+            shutil.copyfile(work / package / name, target)
             written.append(target)
     return written
 
