@@ -267,6 +267,50 @@ def test_no_certificate_is_ever_served_that_an_api_server_does_not_trust(
     assert len(served) == 2
 
 
+@pytest.mark.parametrize(
+    ("key", "always_verifies"),
+    # The key the webhook's ServiceMonitor reads in the self-managed mode
+    # (components/service-monitor, the chart), and the one it read before: the signer alone
+    # names the new CA as soon as it signs, while a replica still serves the old CA's
+    # certificate, and a scraper that read it first fails its scrapes until the replica
+    # switches.
+    [(CA_BUNDLE, True), ("ca.crt", False)],
+)
+def test_a_scraper_reading_the_bundle_verifies_every_served_certificate(
+    stable: CertificateState, key: str, always_verifies: bool
+) -> None:
+    """Prometheus reads its CA from the Secret with a lag of its own (the operator's
+    reconcile, then a config reload), a replica serves the Secret's certificate with another:
+    through a whole forced CA rotation, the CAs in ``key`` of any Secret a scraper may hold
+    verify every certificate a replica may be serving, for a scraper no later than the API
+    servers (the propagation delay; tls_propagation_seconds is the knob where Prometheus is
+    slower)."""
+    lags = Lags()
+    scraper_lags = (timedelta(0), timedelta(seconds=20), lags.api)
+    cluster = Cluster(stable, published(stable))
+    assert stable.serving is not None
+    served: list[tuple[datetime, KeyPair]] = [(T0, stable.serving)]
+    read: list[tuple[datetime, bytes]] = [(T0, secret_of(stable)[0][key])]
+    failures = 0
+    now = T0
+    while now < T0 + TIMINGS.overlap + timedelta(minutes=10):
+        now += timedelta(seconds=5)
+        request = {ROTATE: "ca"} if now == T0 + timedelta(minutes=1) else {}
+        cluster.pass_at(now, **request)
+        assert cluster.state.serving is not None
+        if cluster.state.serving != served[-1][1]:
+            served.append((now, cluster.state.serving))
+        if (current := secret_of(cluster.state)[0][key]) != read[-1][1]:
+            read.append((now, current))
+        for lag in scraper_lags:
+            for pem in _in_effect(read, now, lag):
+                trusted = tuple(x509.load_pem_x509_certificates(pem))
+                for pair in _in_effect(served, now, lags.replica):
+                    failures += issuer_of(pair.certificate, trusted) is None
+    assert len(served) == 2, "the rotation switched the served certificate once"
+    assert (failures == 0) == always_verifies, failures
+
+
 def _in_effect(history: list[tuple[datetime, _T]], now: datetime, lag: timedelta) -> list[_T]:
     """What a reader at most ``lag`` behind may be using at ``now``: the last value older
     than the lag, and every value since."""

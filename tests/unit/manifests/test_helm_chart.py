@@ -30,6 +30,7 @@ from typing import Any
 import pytest
 import yaml
 
+from certs.rotation import CA_BUNDLE
 from gpumem.policy import Policy
 from tests.unit.manifests import helm_schema
 
@@ -729,6 +730,23 @@ def test_monitoring_carries_the_release_label(helm: Path) -> None:
         "release"
         not in find(render(helm, CERT_MANAGER), "PrometheusRule", "vramguard")["metadata"]["labels"]
     )
+
+
+@pytest.mark.parametrize(
+    ("mode", "key"),
+    # The self-managed Secret's bundle (old and new CA during a rotation); the Secrets
+    # cert-manager writes and `make certs` makes carry ca.crt.
+    [("selfManaged", CA_BUNDLE), ("certManager", "ca.crt")],
+)
+def test_the_webhooks_monitor_trusts_what_its_secret_carries(
+    helm: Path, mode: str, key: str
+) -> None:
+    docs = render(helm, {"certificates": {"mode": mode}, "serviceMonitor": {"enabled": True}})
+    monitor = find(docs, "ServiceMonitor", "vramguard-webhook")
+    assert monitor["spec"]["endpoints"][0]["tlsConfig"]["ca"]["secret"] == {
+        "name": "vramguard-webhook-tls",
+        "key": key,
+    }
 
 
 def test_watchdog_dry_run_and_prometheus(helm: Path, chart: list[K8sObject]) -> None:

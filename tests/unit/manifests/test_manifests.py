@@ -19,6 +19,8 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from certs.rotation import CA_BUNDLE
+
 from .conftest import (
     BASE,
     DEFAULT,
@@ -823,6 +825,22 @@ def test_cert_manager_overlay_injects_the_ca(built: dict[str, list[K8sObject]]) 
     assert "ca" in issuer["spec"], "serving certificates come from a CA, not self-signed leaves"
     assert of_kind(docs, "PrometheusRule")
     assert of_kind(docs, "ServiceMonitor")
+
+
+def test_the_webhooks_monitor_trusts_what_its_secret_carries(
+    built: dict[str, list[K8sObject]],
+) -> None:
+    """The component reads the self-managed Secret's bundle (the default install's webhook
+    writes it: certs.rotation); cert-manager's Secret has only ca.crt, so its overlay says so."""
+
+    def ca_of(docs: list[K8sObject]) -> Mapping[str, Any]:
+        monitor = named(docs, "ServiceMonitor", "vramguard-webhook")
+        found: Mapping[str, Any] = monitor["spec"]["endpoints"][0]["tlsConfig"]["ca"]["secret"]
+        return found
+
+    source = {"name": "vramguard-webhook-tls", "key": CA_BUNDLE}
+    assert ca_of(objects(SERVICE_MONITORS)) == source
+    assert ca_of(built["cert-manager"]) == {**source, "key": "ca.crt"}
 
 
 @pytest.mark.parametrize("overlay", ["self-signed"])
