@@ -12,9 +12,18 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from ops import advertise, explain, node_agent, preflight, recommend, status, watchdog
+from ops import (
+    advertise,
+    explain,
+    node_agent,
+    preflight,
+    recommend,
+    status,
+    unregister,
+    watchdog,
+)
 
-COMMANDS = (advertise, explain, node_agent, preflight, recommend, status, watchdog)
+COMMANDS = (advertise, explain, node_agent, preflight, recommend, status, unregister, watchdog)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -19,15 +19,22 @@
 
 3. The `helm test` hook's check itself, run against the suite's vramguard: it passes when the
    webhook patched its dry-run GPU pod, and fails when the pod never reached the webhook.
+
+4. The pre-delete hook's command, with its RBAC as rendered and a token of its own
+   ServiceAccount: it deletes the webhook configuration (gone already is done) and may delete
+   no other.
 """
 
 from __future__ import annotations
 
 import base64
+import copy
+import functools
 import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -36,6 +43,7 @@ from typing import Any
 
 import pytest
 import yaml
+from kubernetes import client
 
 from certs.authority import new_ca
 from certs.rotation import GENERATION
@@ -221,7 +229,16 @@ class Release:
         return self.helm("rollback", RELEASE_NAME, str(revision), "--namespace", self.namespace)
 
     def uninstall(self) -> None:
-        self.helm("uninstall", RELEASE_NAME, "--namespace", self.namespace, "--ignore-not-found")
+        # --no-hooks: the pre-delete hook is a Job, and no node here would run it (Helm would
+        # wait for it until its timeout). What it runs is tested below, as its ServiceAccount.
+        self.helm(
+            "uninstall",
+            RELEASE_NAME,
+            "--namespace",
+            self.namespace,
+            "--ignore-not-found",
+            "--no-hooks",
+        )
 
 
 @pytest.fixture
@@ -370,3 +387,154 @@ def test_the_helm_test_check_passes_only_when_the_webhook_patched_the_pod(
     missed = run(GPU_RESOURCE="example.com/not-in-the-policy")
     assert missed.returncode == 1, missed.stdout + missed.stderr
     assert "was the pod sent to the webhook?" in missed.stdout
+
+
+# --- the pre-delete hook ---------------------------------------------------------------------
+
+
+def test_the_uninstall_hook_deletes_its_configuration_and_no_other(
+    api: Any, control_plane: ClusterBase, make_namespace: Callable[..., str], tmp_path: Path
+) -> None:
+    """The Job's command as the hook's ServiceAccount (a TokenRequest token, so the API server
+    authenticates and authorizes it as it would the pod), with the rendered ClusterRole and
+    binding. The configuration's name is made unique (here and in the role's resourceNames,
+    which the chart's test keeps equal to the chart's configuration), so the suite's own
+    `vramguard` configuration is never touched."""
+    namespace = make_namespace("helm-uninstall")
+    hooks = [
+        d
+        for d in render(HELM.find(), namespace=namespace)
+        if (d["metadata"].get("annotations") or {}).get("helm.sh/hook") == "pre-delete"
+    ]
+    (job,) = [d for d in hooks if d["kind"] == "Job"]
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    target, bystander = (f"vramguard-uninstall-e2e-{uuid.uuid4().hex[:8]}" for _ in range(2))
+    core: Any = client.CoreV1Api(api)
+    cleanups: list[Callable[[], Any]] = []
+    try:
+        cleanups += _create_hook_rbac(api, hooks, namespace, target)
+        for name in (target, bystander):
+            created = request(
+                api, "POST", _path("").rstrip("/"), body=_harmless_configuration(name)
+            )
+            assert created.status == 201, created.message
+            cleanups.append(functools.partial(_delete_if_there, api, name))
+        account = job["spec"]["template"]["spec"]["serviceAccountName"]
+        kubeconfig = _kubeconfig_with_token(
+            control_plane.kubeconfig, _token(core, namespace, account), tmp_path
+        )
+        command = [*container["command"]]
+        command[command.index("--name") + 1] = target
+
+        def run(*args: str) -> subprocess.CompletedProcess[str]:
+            vramguard = str(Path(sys.executable).parent / command[0])
+            return subprocess.run(
+                [vramguard, *command[1:], *args, "--kubeconfig", str(kubeconfig)],
+                capture_output=True,
+                text=True,
+                check=False,
+                timeout=60,
+            )
+
+        deleted = _retry_while_forbidden(run)  # RBAC caches catch up within a second or two
+        assert deleted.returncode == 0, deleted.stdout + deleted.stderr
+        assert f"deleted MutatingWebhookConfiguration {target}" in deleted.stdout
+        assert request(api, "GET", _path(target)).status == 404
+        again = run()
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert "does not exist: nothing to do" in again.stdout
+        refused = run("--name", bystander)
+        assert refused.returncode == 1, refused.stdout + refused.stderr
+        assert f"deleting MutatingWebhookConfiguration {bystander}: 403" in refused.stderr
+        assert request(api, "GET", _path(bystander)).status == 200
+    finally:
+        for cleanup in reversed(cleanups):
+            try:
+                cleanup()
+            except client.ApiException as err:
+                if err.status != 404:
+                    raise
+
+
+def _create_hook_rbac(
+    api: Any, hooks: list[K8sObject], namespace: str, target: str
+) -> list[Callable[[], Any]]:
+    """The hook's ServiceAccount, ClusterRole and binding as rendered, but for the hook
+    annotations and the unique names; the cleanups of the cluster-wide ones."""
+    rbac: Any = client.RbacAuthorizationV1Api(api)
+    core: Any = client.CoreV1Api(api)
+    cleanups: list[Callable[[], Any]] = []
+    for rendered_obj in hooks:
+        obj = copy.deepcopy(rendered_obj)
+        obj["metadata"].pop("annotations")
+        if obj["kind"] == "ServiceAccount":
+            core.create_namespaced_service_account(namespace, obj)
+        elif obj["kind"] == "ClusterRole":
+            (rule,) = obj["rules"]
+            rule["resourceNames"] = [target]
+            obj["metadata"]["name"] = target
+            rbac.create_cluster_role(obj)
+            cleanups.append(functools.partial(rbac.delete_cluster_role, target))
+        elif obj["kind"] == "ClusterRoleBinding":
+            obj["metadata"]["name"] = obj["roleRef"]["name"] = target
+            rbac.create_cluster_role_binding(obj)
+            cleanups.append(functools.partial(rbac.delete_cluster_role_binding, target))
+    return cleanups
+
+
+def _harmless_configuration(name: str) -> dict[str, Any]:
+    """A configuration no request ever matches (a namespace label nobody has)."""
+    return {
+        "metadata": {"name": name},
+        "webhooks": [
+            {
+                "name": "pods.vramguard.io",
+                "admissionReviewVersions": ["v1"],
+                "sideEffects": "None",
+                "failurePolicy": "Ignore",
+                "clientConfig": {"url": "https://127.0.0.1:1/mutate"},
+                "namespaceSelector": {"matchLabels": {"vramguard.io/helm-e2e": name}},
+                "rules": [
+                    {
+                        "operations": ["CREATE"],
+                        "apiGroups": [""],
+                        "apiVersions": ["v1"],
+                        "resources": ["pods"],
+                    }
+                ],
+            }
+        ],
+    }
+
+
+def _delete_if_there(api: Any, name: str) -> None:
+    if request(api, "GET", _path(name)).status == 200:
+        request(api, "DELETE", _path(name))
+
+
+def _token(core: Any, namespace: str, account: str) -> str:
+    review = core.create_namespaced_service_account_token(
+        account, namespace, {"spec": {"expirationSeconds": 600}}
+    )
+    return str(review.status.token)
+
+
+def _kubeconfig_with_token(admin: Path, token: str, directory: Path) -> Path:
+    """The admin kubeconfig's cluster, with only the ServiceAccount's token as credentials."""
+    config = yaml.safe_load(admin.read_text("utf-8"))
+    context = next(c for c in config["contexts"] if c["name"] == config["current-context"])
+    config["users"] = [{"name": context["context"]["user"], "user": {"token": token}}]
+    path = directory / "hook.kubeconfig"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return path
+
+
+def _retry_while_forbidden(
+    run: Callable[..., subprocess.CompletedProcess[str]],
+) -> subprocess.CompletedProcess[str]:
+    deadline = time.monotonic() + 10
+    while True:
+        result = run()
+        if result.returncode == 0 or ": 403" not in result.stderr or time.monotonic() > deadline:
+            return result
+        time.sleep(0.5)

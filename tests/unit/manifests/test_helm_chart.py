@@ -32,6 +32,7 @@ import yaml
 
 from certs.rotation import CA_BUNDLE
 from gpumem.policy import Policy
+from ops import build_parser
 from tests.unit.manifests import helm_schema
 
 from .conftest import BASE, DEFAULT, MANIFESTS, REPO, K8sObject, load_all
@@ -817,8 +818,7 @@ def test_another_release_namespace(helm: Path) -> None:
 
 
 def test_the_test_hook_dry_runs_a_gpu_pod(chart: list[K8sObject]) -> None:
-    hooks = [d for d in chart if is_hook(d)]
-    assert {d["metadata"]["annotations"][HOOK] for d in hooks} == {"test"}
+    hooks = [d for d in chart if is_hook(d) and d["metadata"]["annotations"][HOOK] == "test"]
     pod = find(hooks, "Pod", "vramguard-helm-test")
     (test,) = pod["spec"]["containers"]
     env = {e["name"]: e["value"] for e in test["env"]}
@@ -846,7 +846,7 @@ def test_the_test_hook_refuses_an_excluded_namespace(helm: Path, target: str) ->
         render(helm, {"tests": {"namespace": target}})
 
 
-def test_no_hooks_but_the_test(helm: Path) -> None:
+def test_no_hooks_but_the_test_and_the_uninstall(helm: Path) -> None:
     """Install and upgrade hooks would run outside `helm upgrade`'s three-way merge; the
     chart has none."""
     with_hooks = render(helm, CERT_MANAGER)
@@ -854,7 +854,73 @@ def test_no_hooks_but_the_test(helm: Path) -> None:
     assert {key(d) for d in with_hooks} - {key(d) for d in without} == {
         key(d) for d in with_hooks if is_hook(d)
     }
-    assert all(d["metadata"]["annotations"][HOOK] == "test" for d in with_hooks if is_hook(d))
+    kinds = {d["metadata"]["annotations"][HOOK] for d in with_hooks if is_hook(d)}
+    assert kinds == {"test", "pre-delete"}
+
+
+# --- the uninstall hook ----------------------------------------------------------------------
+
+
+def test_the_uninstall_hook_deletes_the_webhook_configuration_first(
+    chart: list[K8sObject],
+) -> None:
+    """helm uninstall deletes the kinds it knows first (Services, Deployments, ...) and the
+    MutatingWebhookConfiguration last; the pre-delete Job deletes it before anything else,
+    with a ServiceAccount that may delete that one configuration and nothing else."""
+    hooks = [d for d in chart if is_hook(d) and d["metadata"]["annotations"][HOOK] == "pre-delete"]
+    assert {(d["kind"], d["metadata"]["name"]) for d in hooks} == {
+        ("ServiceAccount", "vramguard-uninstall"),
+        ("ClusterRole", "vramguard-uninstall"),
+        ("ClusterRoleBinding", "vramguard-uninstall"),
+        ("NetworkPolicy", "vramguard-uninstall"),
+        ("Job", "vramguard-uninstall"),
+    }
+    job = find(hooks, "Job", "vramguard-uninstall", NAMESPACE)
+    weights = {d["kind"]: int(d["metadata"]["annotations"]["helm.sh/hook-weight"]) for d in hooks}
+    assert all(weights[kind] < weights["Job"] for kind in weights if kind != "Job")
+    spec = pod_spec(job)
+    (container,) = spec["containers"]
+    assert container["command"][0] == "vramguard"
+    args = build_parser().parse_args(container["command"][1:])
+    configuration = find(chart, "MutatingWebhookConfiguration", "vramguard")
+    assert args.command == "unregister-webhook"
+    assert args.name == configuration["metadata"]["name"]
+    assert (
+        container["image"]
+        == find(chart, "Deployment", "vramguard-webhook")["spec"]["template"]["spec"]["containers"][
+            0
+        ]["image"]
+    )
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert spec["serviceAccountName"] == "vramguard-uninstall"
+    role = find(hooks, "ClusterRole", "vramguard-uninstall")
+    assert role["rules"] == [
+        {
+            "apiGroups": ["admissionregistration.k8s.io"],
+            "resources": ["mutatingwebhookconfigurations"],
+            "resourceNames": [configuration["metadata"]["name"]],
+            "verbs": ["delete"],
+        }
+    ]
+    binding = find(hooks, "ClusterRoleBinding", "vramguard-uninstall")
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "vramguard-uninstall", "namespace": NAMESPACE}
+    ]
+    policy = find(hooks, "NetworkPolicy", "vramguard-uninstall", NAMESPACE)
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= spec_labels(job).items()
+    assert [p["port"] for p in policy["spec"]["egress"][0]["ports"]] == [443, 6443]
+
+
+def spec_labels(workload: K8sObject) -> dict[str, str]:
+    labels: dict[str, str] = workload["spec"]["template"]["metadata"]["labels"]
+    return labels
+
+
+def test_the_uninstall_hook_can_be_switched_off(helm: Path) -> None:
+    docs = render(helm, {"uninstallHook": {"enabled": False}})
+    assert not [
+        d for d in docs if (d["metadata"].get("annotations") or {}).get(HOOK) == "pre-delete"
+    ]
 
 
 def test_readme_labels_the_release_namespace_like_the_base() -> None:
