@@ -61,6 +61,8 @@ ALERTS = {
     "VRAMGuardWatchdogRecycled",
     "VRAMGuardNodeAgentDown",
     "VRAMGuardNodeAgentSourceFailing",
+    "VRAMGuardWebhookCertificateExpiring",
+    "VRAMGuardWebhookCertificateSyncFailing",
 }
 # Verbs that hand out more than they name: a role with them can grant itself anything.
 ESCALATING_VERBS = {"*", "escalate", "bind", "impersonate"}
