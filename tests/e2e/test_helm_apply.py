@@ -52,6 +52,7 @@ from tests.unit.manifests.conftest import BASE, HELM
 from tests.unit.manifests.test_helm_chart import CERT_MANAGER, CHART, NAMESPACE, render
 
 from .harness import ClusterBase, Vramguard
+from .harness.accounts import service_account_kubeconfig
 from .harness.manifests import (
     HTTP_OK,
     Discovery,
@@ -409,7 +410,6 @@ def test_the_uninstall_hook_deletes_its_configuration_and_no_other(
     (job,) = [d for d in hooks if d["kind"] == "Job"]
     (container,) = job["spec"]["template"]["spec"]["containers"]
     target, bystander = (f"vramguard-uninstall-e2e-{uuid.uuid4().hex[:8]}" for _ in range(2))
-    core: Any = client.CoreV1Api(api)
     cleanups: list[Callable[[], Any]] = []
     try:
         cleanups += _create_hook_rbac(api, hooks, namespace, target)
@@ -420,8 +420,8 @@ def test_the_uninstall_hook_deletes_its_configuration_and_no_other(
             assert created.status == 201, created.message
             cleanups.append(functools.partial(_delete_if_there, api, name))
         account = job["spec"]["template"]["spec"]["serviceAccountName"]
-        kubeconfig = _kubeconfig_with_token(
-            control_plane.kubeconfig, _token(core, namespace, account), tmp_path
+        kubeconfig = service_account_kubeconfig(
+            control_plane.kubeconfig, client.CoreV1Api(api), namespace, account, tmp_path
         )
         command = [*container["command"]]
         command[command.index("--name") + 1] = target
@@ -510,23 +510,6 @@ def _harmless_configuration(name: str) -> dict[str, Any]:
 def _delete_if_there(api: Any, name: str) -> None:
     if request(api, "GET", _path(name)).status == 200:
         request(api, "DELETE", _path(name))
-
-
-def _token(core: Any, namespace: str, account: str) -> str:
-    review = core.create_namespaced_service_account_token(
-        account, namespace, {"spec": {"expirationSeconds": 600}}
-    )
-    return str(review.status.token)
-
-
-def _kubeconfig_with_token(admin: Path, token: str, directory: Path) -> Path:
-    """The admin kubeconfig's cluster, with only the ServiceAccount's token as credentials."""
-    config = yaml.safe_load(admin.read_text("utf-8"))
-    context = next(c for c in config["contexts"] if c["name"] == config["current-context"])
-    config["users"] = [{"name": context["context"]["user"], "user": {"token": token}}]
-    path = directory / "hook.kubeconfig"
-    path.write_text(yaml.safe_dump(config), encoding="utf-8")
-    return path
 
 
 def _retry_while_forbidden(

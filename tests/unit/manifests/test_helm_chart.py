@@ -780,6 +780,33 @@ def test_api_server_cidrs(helm: Path) -> None:
     assert policy["spec"]["ingress"][0]["from"] == [{"ipBlock": {"cidr": "10.0.0.0/24"}}]
 
 
+def test_admission_policies_follow_the_release_and_the_policy(helm: Path) -> None:
+    """The watchdog's and the advertiser's ValidatingAdmissionPolicies name their
+    ServiceAccounts in the release namespace, protect the release's and the node agent's
+    namespaces, and hold them to the policy's GPU-memory resource."""
+    values = {
+        "policy": {"gpumemResourceName": "example.com/vram"},
+        "nodeAgent": {"namespace": "gpu-agents"},
+    }
+    docs = render(helm, values, namespace="gpu-system", hooks=False)
+    watchdog = find(docs, "ValidatingAdmissionPolicy", "vramguard-watchdog-deletes")["spec"]
+    advertiser = find(docs, "ValidatingAdmissionPolicy", "vramguard-advertiser-node-status")["spec"]
+    for spec, account in ((watchdog, "vramguard-watchdog"), (advertiser, "vramguard-advertiser")):
+        (condition,) = spec["matchConditions"]
+        assert condition["expression"] == (
+            f'request.userInfo.username == "system:serviceaccount:gpu-system:{account}"'
+        )
+    (declares,) = watchdog["variables"]
+    assert declares["expression"].count('"example.com/vram" in c.resources.') == 2
+    assert "vramguard.io/gpumem" not in json.dumps(watchdog["variables"])
+    namespaces = watchdog["validations"][1]["expression"]
+    assert namespaces == '!(request.namespace in ["kube-system", "gpu-system", "gpu-agents"])'
+    resource = next(v for v in advertiser["variables"] if v["name"] == "resource")
+    assert resource["expression"] == '"example.com/vram"'
+    off = render(helm, {"watchdog": {"enabled": False}, "advertiser": {"enabled": False}})
+    assert not [d for d in off if d["kind"].startswith("ValidatingAdmissionPolicy")]
+
+
 def test_another_release_namespace(helm: Path) -> None:
     """What the base puts in namespace vramguard, or names it by, follows the release's."""
     docs = render(helm, CERT_MANAGER, namespace="gpu-system", hooks=False)

@@ -662,6 +662,37 @@ def test_alerts_use_metric_names_the_watchdog_exports() -> None:
     assert set(results.split("|")) <= set(typing.get_args(RecycleResult))
 
 
+def test_admission_policies_hold_the_accounts_the_components_run_as(
+    policy: Mapping[str, Any],
+) -> None:
+    """components/watchdog and components/advertiser: each ValidatingAdmissionPolicy matches
+    the ServiceAccount its Deployment runs as, names the policy's GPU-memory resource, and is
+    bound (Deny); the watchdog's keeps out of vramguard's and the system's namespaces."""
+    resource = policy.get("gpumemResourceName", "vramguard.io/gpumem")
+    for path, name in ((WATCHDOG, "vramguard-watchdog-deletes"), (ADVERTISER, None)):
+        docs = objects(path) + objects(path.parent / "admission-policy.yaml")
+        (deployment,) = of_kind(docs, "Deployment")
+        account = deployment["spec"]["template"]["spec"]["serviceAccountName"]
+        (vap,) = of_kind(docs, "ValidatingAdmissionPolicy")
+        (binding,) = of_kind(docs, "ValidatingAdmissionPolicyBinding")
+        assert binding["spec"] == {
+            "policyName": vap["metadata"]["name"],
+            "validationActions": ["Deny"],
+        }
+        assert vap["spec"]["failurePolicy"] == "Fail"
+        (condition,) = vap["spec"]["matchConditions"]
+        namespace = deployment["metadata"]["namespace"]
+        assert condition["expression"] == (
+            f'request.userInfo.username == "system:serviceaccount:{namespace}:{account}"'
+        )
+        assert f'"{resource}"' in yaml.safe_dump(vap["spec"]["variables"], width=1000)
+        if name is not None:
+            assert vap["metadata"]["name"] == name
+            protected = vap["spec"]["validations"][1]["expression"]
+            for kept_out in ("kube-system", namespace, NODE_AGENT_NAMESPACE):
+                assert f'"{kept_out}"' in protected
+
+
 def test_scheduler_lease_is_the_one_it_may_update(
     base: list[K8sObject], scheduler_config: Mapping[str, Any]
 ) -> None:
