@@ -15,6 +15,9 @@ KUSTOMIZE_VERSION := v5.8.1
 KUSTOMIZE := $(CACHE)/tools/kustomize-$(KUSTOMIZE_VERSION)/kustomize
 HELM_VERSION := v3.22.0
 HELM := $(CACHE)/tools/helm-$(HELM_VERSION)/helm
+# The chart is also linted and rendered with Helm 4 (tests/unit/manifests/test_helm_chart.py).
+HELM4_VERSION := v4.3.1
+HELM4 := $(CACHE)/tools/helm-$(HELM4_VERSION)/helm
 ACTIONLINT_VERSION := v1.7.12
 ACTIONLINT := $(CACHE)/tools/actionlint-$(ACTIONLINT_VERSION)/actionlint
 WEBHOOK_DNS ?= vramguard-webhook.vramguard.svc
@@ -49,12 +52,16 @@ $(HELM):
 	@echo "installing helm $(HELM_VERSION) into $(@D)"
 	GOBIN=$(@D) go install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
 
+$(HELM4):
+	@echo "installing helm $(HELM4_VERSION) into $(@D)"
+	GOBIN=$(@D) go install helm.sh/helm/v4/cmd/helm@$(HELM4_VERSION)
+
 $(ACTIONLINT):
 	@echo "installing actionlint $(ACTIONLINT_VERSION) into $(@D)"
 	GOBIN=$(@D) go install github.com/rhysd/actionlint/cmd/actionlint@$(ACTIONLINT_VERSION)
 
 .PHONY: tools
-tools: $(STAMP) $(KUSTOMIZE) $(HELM) $(ACTIONLINT) ## Prometheus/promtool (apt), kustomize, helm, actionlint, and the Kubernetes binaries
+tools: $(STAMP) $(KUSTOMIZE) $(HELM) $(HELM4) $(ACTIONLINT) ## Prometheus/promtool (apt), kustomize, helm 3 and 4, actionlint, and the Kubernetes binaries
 	tests/e2e/install-deps.sh
 	tests/e2e/controlplane/build.sh
 

@@ -153,6 +153,9 @@ class CachedTool:
 
 KUSTOMIZE = CachedTool("kustomize", "KUSTOMIZE_VERSION", "sigs.k8s.io/kustomize/kustomize/v5")
 HELM = CachedTool("helm", "HELM_VERSION", "helm.sh/helm/v3/cmd/helm")
+# Helm 4 renders and lints the chart too (users move to it); the e2e install tests use Helm 3,
+# whose post-renderer is an executable (Helm 4's is a plugin).
+HELM4 = CachedTool("helm", "HELM4_VERSION", "helm.sh/helm/v4/cmd/helm")
 
 
 @pytest.fixture(scope="session")
@@ -163,6 +166,11 @@ def kustomize() -> Path:
 @pytest.fixture(scope="session")
 def helm() -> Path:
     return HELM.find()
+
+
+@pytest.fixture(scope="session")
+def helm4() -> Path:
+    return HELM4.find()
 
 
 @pytest.fixture(scope="session")

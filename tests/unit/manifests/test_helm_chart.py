@@ -514,28 +514,32 @@ def test_the_schema_embeds_the_policys_own() -> None:
 # --- helm lint --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "values",
-    [
-        {},
-        CERT_MANAGER,
-        {
-            "certificates": {
-                "mode": "provided",
-                "provided": {"secretName": "mine", "caBundle": "Q0E="},
-            }
-        },
-        {
-            "advertiser": {"enabled": False},
-            "watchdog": {"enabled": False},
-            "nodeAgent": {"enabled": False},
-            "priorityClasses": {"create": False},
-            "networkPolicy": {"enabled": False},
-        },
-    ],
-    ids=["default", "cert-manager", "provided", "everything optional off"],
-)
-def test_helm_lint_strict(helm: Path, values: dict[str, Any], tmp_path: Path) -> None:
+LINTED: list[dict[str, Any]] = [
+    {},
+    CERT_MANAGER,
+    {
+        "certificates": {
+            "mode": "provided",
+            "provided": {"secretName": "mine", "caBundle": "Q0E="},
+        }
+    },
+    {
+        "advertiser": {"enabled": False},
+        "watchdog": {"enabled": False},
+        "nodeAgent": {"enabled": False},
+        "priorityClasses": {"create": False},
+        "networkPolicy": {"enabled": False},
+    },
+]
+LINTED_IDS = ["default", "cert-manager", "provided", "everything optional off"]
+
+
+@pytest.mark.parametrize("values", LINTED, ids=LINTED_IDS)
+@pytest.mark.parametrize("binary", ["helm", "helm4"])
+def test_helm_lint_strict(
+    binary: str, values: dict[str, Any], tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    helm: Path = request.getfixturevalue(binary)
     file = tmp_path / "values.json"
     file.write_text(json.dumps(values))
     result = subprocess.run(
@@ -560,6 +564,15 @@ def test_helm_lint_strict(helm: Path, values: dict[str, Any], tmp_path: Path) ->
     assert "0 chart(s) failed" in result.stdout
     assert "[WARNING]" not in result.stdout, result.stdout
     assert "[ERROR]" not in result.stdout, result.stdout
+
+
+@pytest.mark.parametrize("values", LINTED, ids=LINTED_IDS)
+def test_helm_4_renders_what_helm_3_renders(
+    helm: Path, helm4: Path, values: dict[str, Any]
+) -> None:
+    """The same objects, hooks included (Helm 4 lays the documents out and orders the kinds
+    it knows a little differently)."""
+    assert sorted(render(helm4, values), key=key) == sorted(render(helm, values), key=key)
 
 
 def test_chart_version_is_the_projects() -> None:
