@@ -368,6 +368,25 @@ def test_the_policy_value_is_the_base_policy() -> None:
     assert values["policy"] == yaml.safe_load((BASE / "policy.yaml").read_text("utf-8"))
 
 
+def _policy_file(docs: list[K8sObject]) -> dict[str, Any]:
+    (configmap,) = [d for d in docs if d["metadata"]["name"].startswith("vramguard-policy-")]
+    loaded: dict[str, Any] = yaml.safe_load(configmap["data"]["policy.yaml"])
+    return loaded
+
+
+def test_an_empty_scheduler_name_leaves_gpu_pods_on_their_scheduler(helm: Path) -> None:
+    """The policy's schedulerName: null, which Helm cannot pass (it drops null keys: then the
+    policy's default scheduler applies), said as "" in the values."""
+    left = _policy_file(render(helm, {"policy": {"schedulerName": ""}}, hooks=False))
+    assert "schedulerName" in left
+    assert left["schedulerName"] is None
+    assert Policy.model_validate(left).scheduler_name is None
+    dropped = _policy_file(render(helm, {"policy": {"schedulerName": None}}, hooks=False))
+    assert Policy.model_validate(dropped).scheduler_name == "vramguard-scheduler"
+    kept = _policy_file(render(helm, {"policy": {"schedulerName": "other"}}, hooks=False))
+    assert kept["schedulerName"] == "other"
+
+
 def _match_conditions(docs: list[K8sObject]) -> list[dict[str, str]]:
     conditions: list[dict[str, str]] = find(docs, "MutatingWebhookConfiguration", "vramguard")[
         "webhooks"

@@ -93,7 +93,13 @@ tolerations:
 
 {{/* The policy file as it lands in its ConfigMap. */}}
 {{- define "vramguard.policyFile" -}}
-{{- toYaml .Values.policy }}
+{{- $policy := deepCopy .Values.policy -}}
+{{- /* Helm drops a key set to null, so the chart says "leave GPU pods on their scheduler"
+(the policy's schedulerName: null) with an empty name, which names no scheduler anyway. */ -}}
+{{- if and (hasKey $policy "schedulerName") (eq (toString (get $policy "schedulerName")) "") -}}
+{{- $_ := set $policy "schedulerName" nil -}}
+{{- end -}}
+{{- toYaml $policy }}
 {{- end }}
 
 {{/*
