@@ -17,6 +17,7 @@ import logging
 import socket
 import sys
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import uvicorn
 from pydantic import ValidationError
@@ -124,6 +125,12 @@ def load_settings(argv: Sequence[str] | None = None) -> Settings:
         parser.error(describe_validation(err))
 
 
+def make_binder(core: Any, timeout_seconds: float) -> KubernetesBinder:
+    """The Binding creator /bind uses (and the benchmark's no-op extender, to bind the same
+    way)."""
+    return KubernetesBinder(core, timeout_seconds)
+
+
 def build_deps(settings: Settings, policy_file: PolicyFile) -> ExtenderDeps:
     """The production wiring: the API and Prometheus clients, the watches and the poller."""
     metrics = ExtenderMetrics()
@@ -147,7 +154,7 @@ def build_deps(settings: Settings, policy_file: PolicyFile) -> ExtenderDeps:
         listeners.append(explainer)
     return ExtenderDeps(
         store=store,
-        binder=KubernetesBinder(core, settings.bind_timeout_seconds),
+        binder=make_binder(core, settings.bind_timeout_seconds),
         policy=policy_file,
         metrics=metrics,
         watches=[

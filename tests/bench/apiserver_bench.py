@@ -15,27 +15,45 @@ are created one after the other, interleaved, by one client over a keep-alive HT
 connection; latency is that client's, request sent to answer read. Non-GPU pods show what the
 registration costs pods the webhook never sees (the API server evaluates the CEL conditions
 and skips the call).
+
+Two floors run in the same rounds (tests.bench.floors, on the webhook's own server stack, TLS
+context and certificate), registered with vramguard's configuration with only the URL
+changed: "no-op webhook" (allowed, no patch) and "fixed-patch webhook" (allowed with
+vramguard's own JSONPatch for the bench's GPU pod, taken from its /mutate once at the start,
+so the API server applies a patch of the same size). The order of the four arms rotates each
+round. Which server answered a dry-run probe is told by the floor's call counters, so every
+arm is seen in effect before it is timed.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import http.client
 import json
+import ssl
 import statistics
 import sys
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from tests.bench.kube import RawApi, create_namespace, percentile, pod_body
 from tests.bench.table import Row, Target, markdown_table
 from tests.e2e.harness import SCHEDULER_NAME, ControlPlane, LocalVramguard
+from tests.e2e.harness.process import ManagedProcess, free_port, url_ok
 
 NAMESPACE = "bench-create"
 WEBHOOKS = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations"
 GPU, NON_GPU = "GPU pod", "non-GPU pod"
 REGISTERED, UNREGISTERED = "webhook", "no webhook"
-TARGET = Target("ratio", "<=", 1.25)  # p50 with the webhook <= 1.25x without
+NOOP, PATCH = "no-op webhook", "fixed-patch webhook"
+ARMS = (REGISTERED, UNREGISTERED, NOOP, PATCH)
+FLOOR_PATHS = {NOOP: "noop", PATCH: "patch"}
+# GPU pod p50: <= 1.5x no webhook, and <= 1.15x the no-op webhook (issue 16).
+TARGET = Target("ratio", "<=", 1.5)
+FLOOR_TARGET = Target("floor_ratio", "<=", 1.15)
 
 
 @dataclass
@@ -54,41 +72,134 @@ class Latencies:
         return statistics.median(values) if q == 0.5 else percentile(values, q)
 
 
-class Registration:
-    """Deletes and re-creates vramguard's MutatingWebhookConfiguration, waiting each time
-    until the API server acts on the change (its informer is asynchronous)."""
+class FloorWebhook:
+    """tests.bench.floors' webhook as a process, on vramguard's certificate."""
 
-    def __init__(self, api: RawApi, name: str) -> None:
+    def __init__(self, cluster: ControlPlane, vramguard: LocalVramguard, patch: bytes) -> None:
+        tls = vramguard.directory / "webhook-tls"
+        patch_file = vramguard.directory / "floor-patch.json"
+        patch_file.write_bytes(patch)
+        self.port = free_port()
+        self.context = ssl.create_default_context(cafile=str(tls / "ca.crt"))
+        self.url = f"https://127.0.0.1:{self.port}"
+        self.cluster = cluster
+        self.process = ManagedProcess(
+            "floor-webhook",
+            [
+                sys.executable,
+                "-m",
+                "tests.bench.floors",
+                "webhook",
+                f"--port={self.port}",
+                f"--tls-cert={tls / 'tls.crt'}",
+                f"--tls-key={tls / 'tls.key'}",
+                f"--patch={patch_file}",
+            ],
+            cluster.workdir / "logs" / "floor-webhook.log",
+        )
+
+    def start(self) -> None:
+        self.cluster.start_process(
+            self.process,
+            ready=lambda: url_ok(f"{self.url}/readyz", self.context),
+            what=f"floor webhook {self.url}/readyz",
+            timeout=60,
+        )
+
+    def calls(self) -> dict[str, int]:
+        connection = http.client.HTTPSConnection("127.0.0.1", self.port, context=self.context)
+        try:
+            connection.request("GET", "/calls")
+            return dict(json.loads(connection.getresponse().read()))
+        finally:
+            connection.close()
+
+
+def vramguard_patch(vramguard: LocalVramguard, pod: dict[str, object]) -> bytes:
+    """The JSONPatch vramguard's webhook answers for `pod` (its /mutate, called directly)."""
+    context = ssl.create_default_context(cafile=str(vramguard.directory / "webhook-tls/ca.crt"))
+    port = int(vramguard.webhook_url.rsplit(":", 1)[1])
+    review = {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": str(uuid.uuid4()),
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": NAMESPACE,
+            "operation": "CREATE",
+            "userInfo": {"username": "bench"},
+            "object": {**pod, "metadata": {**pod["metadata"], "namespace": NAMESPACE}},  # type: ignore[dict-item]
+        },
+    }
+    connection = http.client.HTTPSConnection("127.0.0.1", port, context=context)
+    try:
+        connection.request(
+            "POST", "/mutate", json.dumps(review), {"Content-Type": "application/json"}
+        )
+        answer = json.loads(connection.getresponse().read())
+    finally:
+        connection.close()
+    patch = answer["response"].get("patch")
+    if not patch:
+        raise RuntimeError(f"vramguard's webhook sent no patch for the bench's GPU pod: {answer}")
+    return base64.b64decode(patch)
+
+
+class Registration:
+    """Points vramguard's MutatingWebhookConfiguration at one arm's server (or deletes it),
+    waiting each time until the API server acts on the change (its informer is
+    asynchronous)."""
+
+    def __init__(self, api: RawApi, name: str, floor: FloorWebhook) -> None:
         self.api = api
         self.name = name
+        self.floor = floor
         current = api.get_json(f"{WEBHOOKS}/{name}")
         metadata = {"name": name, "labels": current["metadata"].get("labels")}
         self.body = {**current, "metadata": {k: v for k, v in metadata.items() if v}}
-        self.registered = True
+        self.vramguard_url = current["webhooks"][0]["clientConfig"]["url"]
+        self.arm = REGISTERED
 
-    def register(self) -> None:
-        if not self.registered:
-            self.api.request("POST", WEBHOOKS, self.body)
-            self.registered = True
-        self._wait(mutated=True)
+    def select(self, arm: str) -> None:
+        if arm != self.arm:
+            if self.arm != UNREGISTERED:
+                self.api.request("DELETE", f"{WEBHOOKS}/{self.name}")
+                self.arm = UNREGISTERED
+            if arm != UNREGISTERED:
+                url = self.vramguard_url if arm == REGISTERED else f"{self.floor.url}/"
+                if arm in FLOOR_PATHS:
+                    url += FLOOR_PATHS[arm]
+                body = json.loads(json.dumps(self.body))
+                for webhook in body["webhooks"]:
+                    webhook["clientConfig"]["url"] = url
+                self.api.request("POST", WEBHOOKS, body)
+            self.arm = arm
+        self._wait(arm)
 
-    def unregister(self) -> None:
-        if self.registered:
-            self.api.request("DELETE", f"{WEBHOOKS}/{self.name}")
-            self.registered = False
-        self._wait(mutated=False)
+    def served_by(self) -> str:
+        """Which arm's server a dry-run GPU pod went through."""
+        before = self.floor.calls()
+        pod = json.loads(
+            self.api.request(
+                "POST",
+                f"/api/v1/namespaces/{NAMESPACE}/pods?dryRun=All",
+                pod_body("probe", gpu=True),
+            )
+        )
+        after = self.floor.calls()
+        for arm, path in FLOOR_PATHS.items():
+            if after.get(path, 0) > before.get(path, 0):
+                return arm
+        return REGISTERED if pod["spec"].get("schedulerName") == SCHEDULER_NAME else UNREGISTERED
 
-    def _wait(self, *, mutated: bool, timeout: float = 60.0) -> None:
-        probe = pod_body("probe", gpu=True)
-        path = f"/api/v1/namespaces/{NAMESPACE}/pods?dryRun=All"
+    def _wait(self, arm: str, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
-        while True:
-            pod = json.loads(self.api.request("POST", path, probe))
-            if (pod["spec"].get("schedulerName") == SCHEDULER_NAME) == mutated:
-                return
+        while (served := self.served_by()) != arm:
             if time.monotonic() > deadline:
-                state = "mutating" if mutated else "skipping"
-                raise TimeoutError(f"the API server is not {state} GPU pods after {timeout} s")
+                raise TimeoutError(
+                    f"the API server still sends GPU pods to {served!r}, not {arm!r}"
+                )
             time.sleep(0.2)
 
 
@@ -105,34 +216,40 @@ def create_block(api: RawApi, latencies: Latencies, arm: str, pods: int, first: 
 
 
 def measure(pods: int, rounds: int, warmup: int = 20) -> Latencies:
-    """`rounds` rounds of both arms (AB BA ...), `pods` pods of each kind per block."""
+    """`rounds` rounds of the four arms (order rotated each round), `pods` pods of each kind
+    per block."""
     cluster = ControlPlane(default_scheduler=False, keep_logs=False)
     latencies = Latencies()
     cluster.start()
     vramguard = LocalVramguard(cluster, extender_settings={})
     try:
         vramguard.start()
-        # Only the webhook is measured: nothing else should react to the pods.
+        # Only the webhooks are measured: nothing else should react to the pods.
         cluster.stop_scheduler(SCHEDULER_NAME)
         vramguard.stop_extender()
         vramguard.prometheus.stop()
         api = RawApi(cluster.kubeconfig)
         create_namespace(api, NAMESPACE)
-        registration = Registration(api, "vramguard")
+        floor = FloorWebhook(
+            cluster, vramguard, vramguard_patch(vramguard, pod_body("x", gpu=True))
+        )
+        floor.start()
+        registration = Registration(api, "vramguard", floor)
         created = 0
-        create_block(api, Latencies(), REGISTERED, warmup, created)  # warm both ends up
-        created += warmup
+        for arm in ARMS:  # warm every server and connection up
+            registration.select(arm)
+            create_block(api, Latencies(), arm, warmup, created)
+            created += warmup
         for round_ in range(rounds):
-            order = (REGISTERED, UNREGISTERED) if round_ % 2 == 0 else (UNREGISTERED, REGISTERED)
+            order = ARMS[round_ % len(ARMS) :] + ARMS[: round_ % len(ARMS)]
+            if round_ % 2:
+                order = order[::-1]
             for arm in order:
-                if arm == REGISTERED:
-                    registration.register()
-                else:
-                    registration.unregister()
+                registration.select(arm)
                 create_block(api, latencies, arm, pods, created)
                 created += pods
                 print(f"  round {round_ + 1}: {arm} done", file=sys.stderr, flush=True)
-        registration.register()  # as LocalVramguard.stop expects to find it
+        registration.select(REGISTERED)  # as LocalVramguard.stop expects to find it
     finally:
         vramguard.stop()
         cluster.stop()
@@ -141,30 +258,46 @@ def measure(pods: int, rounds: int, warmup: int = 20) -> Latencies:
 
 def summary_rows(latencies: Latencies, pods: int, rounds: int) -> list[Row]:
     rows = []
+    count = pods * rounds
     for kind in (GPU, NON_GPU):
-        count = pods * rounds
         for q, label in ((0.5, "p50"), (0.99, "p99")):
             rows.append(
                 Row(
                     measure=f"pod CREATE {label}, {kind}",
-                    configuration=f"kube-apiserver, webhook registered ({count:,} pods)",
+                    configuration=f"kube-apiserver, vramguard registered ({count:,} pods)",
                     value=latencies.quantile(kind, REGISTERED, q),
                     unit="ms",
                     baseline=latencies.quantile(kind, UNREGISTERED, q),
                     baseline_label="not registered",
-                    target=TARGET if kind == GPU and q == 0.5 else None,
+                    floor=latencies.quantile(kind, NOOP, q),
+                    floor_label="no-op webhook",
+                    target=(TARGET, FLOOR_TARGET) if kind == GPU and q == 0.5 else None,
                 )
             )
+        if kind == GPU:
+            for q, label in ((0.5, "p50"), (0.99, "p99")):
+                rows.append(
+                    Row(
+                        measure=f"pod CREATE {label}, {kind}",
+                        configuration="fixed-patch webhook (vramguard's patch, no decision)",
+                        value=latencies.quantile(kind, PATCH, q),
+                        unit="ms",
+                        baseline=latencies.quantile(kind, UNREGISTERED, q),
+                        baseline_label="not registered",
+                        floor=latencies.quantile(kind, NOOP, q),
+                        floor_label="no-op webhook",
+                    )
+                )
     return rows
 
 
 def details(latencies: Latencies) -> str:
-    lines = [f"{'pod':<12} {'arm':<11} {'count':>6} {'p50 ms':>7} {'p90 ms':>7} {'p99 ms':>7}"]
+    lines = [f"{'pod':<12} {'arm':<20} {'count':>6} {'p50 ms':>7} {'p90 ms':>7} {'p99 ms':>7}"]
     for kind in (GPU, NON_GPU):
-        for arm in (REGISTERED, UNREGISTERED):
+        for arm in ARMS:
             count = len(latencies.samples.get((kind, arm), []))
             p50, p90, p99 = (latencies.quantile(kind, arm, q) for q in (0.5, 0.9, 0.99))
-            lines.append(f"{kind:<12} {arm:<11} {count:>6} {p50:>7.2f} {p90:>7.2f} {p99:>7.2f}")
+            lines.append(f"{kind:<12} {arm:<20} {count:>6} {p50:>7.2f} {p90:>7.2f} {p99:>7.2f}")
     return "\n".join(lines)
 
 

@@ -23,9 +23,15 @@ Each run, for N GPU nodes (T4: 8 time-sliced nvidia.com/gpu, 14000 MiB of gpumem
    first bind to the last, so the scheduler's start-up is not in it;
 4. stops the scheduler, checks every pod is bound, deletes them and waits until the extender's
    snapshot has forgotten them.
-Arms alternate (extender, plain, then plain, extender with --repeats 2) so slow drifts of the
-machine hit both. Non-GPU pods (schedulerName set, nothing requested) go through both arms on
-the largest node count: the extender is never called for them (managedResources).
+A third arm, "floor", runs the same configuration with the extender's URL pointing at
+tests.bench.floors' no-op extender (same server stack; filter passes every node, prioritize
+scores 0, bind creates the Binding through the same binder): what any HTTP extender costs.
+Its CPU per pod is the floor process's. vramguard's extender keeps running (and watching) in
+the plain and floor arms, as it does in the extender arm.
+Arms alternate (extender, plain, floor, then floor, plain, extender with --repeats 2) so slow
+drifts of the machine hit every arm. Non-GPU pods (schedulerName set, nothing requested) go
+through the extender and plain arms on the largest node count: the extender is never called
+for them (managedResources).
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import statistics
 import sys
 from collections.abc import Sequence
@@ -53,6 +60,7 @@ from tests.bench.kube import (
 )
 from tests.bench.table import Row, Target, markdown_table
 from tests.e2e.harness import SCHEDULER_NAME, ControlPlane, GPUNodeSpec, LocalVramguard
+from tests.e2e.harness.process import ManagedProcess, free_port, url_ok
 from tests.e2e.harness.vramguard import scheduler_configuration
 
 CARD_MIB = 15360
@@ -67,12 +75,42 @@ ALGORITHM = "scheduler_scheduling_algorithm_duration_seconds"
 CLIENT_QPS = 5000
 
 
+class FloorExtender:
+    """tests.bench.floors' no-op extender as a process (plain HTTP on loopback, as the
+    bench's vramguard extender)."""
+
+    def __init__(self, cluster: ControlPlane) -> None:
+        self.cluster = cluster
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process = ManagedProcess(
+            "floor-extender",
+            [
+                sys.executable,
+                "-m",
+                "tests.bench.floors",
+                "extender",
+                f"--port={self.port}",
+                f"--kubeconfig={cluster.kubeconfig}",
+            ],
+            cluster.workdir / "logs" / "floor-extender.log",
+        )
+
+    def start(self) -> None:
+        self.cluster.start_process(
+            self.process,
+            ready=lambda: url_ok(f"{self.url}/readyz"),
+            what=f"floor extender {self.url}/readyz",
+            timeout=60,
+        )
+
+
 @dataclass
 class Arm:
     """One scheduler run: which pods, which configuration, what came out."""
 
     kind: str  # "GPU" or "non-GPU"
-    config: str  # "extender" or "plain"
+    config: str  # "extender", "plain" or "floor" (the no-op extender)
     nodes: int
     pods: int
     rate: float = float("nan")  # pods bound per second
@@ -122,7 +160,13 @@ class SchedulingBench:
             config["clientConnection"].update(qps=client_qps, burst=client_qps)
         plain = copy.deepcopy(config)
         del plain["extenders"]
-        self.configs = {"extender": config, "plain": plain}
+        self.floor = FloorExtender(cluster)
+        floor = copy.deepcopy(config)
+        for extender in floor["extenders"]:
+            extender["urlPrefix"] = extender["urlPrefix"].replace(
+                vramguard.extender_url, self.floor.url
+            )
+        self.configs = {"extender": config, "plain": plain, "floor": floor}
 
     def grow_to(self, count: int) -> None:
         """Add GPU nodes up to `count`, each with a card the exporter reports, and wait until
@@ -173,7 +217,8 @@ class SchedulingBench:
             self.threads,
         )
         watch = BindWatch(self.api, namespace)
-        extender_pid = self.vramguard.extender_process.pid
+        serving = self.floor.process if config == "floor" else self.vramguard.extender_process
+        extender_pid = serving.pid
         extender_cpu = cpu_seconds(extender_pid) if extender_pid else float("nan")
         try:
             scheduler_process = self.cluster.start_scheduler(SCHEDULER_NAME, self.configs[config])
@@ -240,12 +285,14 @@ def measure(
         vramguard.start()
         cluster.stop_scheduler(SCHEDULER_NAME)  # started again per arm, with each config
         bench = SchedulingBench(cluster, vramguard, threads, client_qps)
+        bench.floor.start()
         timeout = 60 + pods  # generous: a stall, not slowness, should end a run
         for count in sorted(node_counts):
             bench.grow_to(count)
             for repeat in range(repeats):
-                order = ("extender", "plain") if repeat % 2 == 0 else ("plain", "extender")
-                arms += [bench.run("GPU", config, pods, timeout) for config in order]
+                gpu_order = ("extender", "plain", "floor")
+                gpu_order = gpu_order if repeat % 2 == 0 else gpu_order[::-1]
+                arms += [bench.run("GPU", config, pods, timeout) for config in gpu_order]
         if non_gpu:
             for repeat in range(repeats):
                 order = ("extender", "plain") if repeat % 2 == 0 else ("plain", "extender")
@@ -256,18 +303,32 @@ def measure(
     return arms
 
 
+def median_of(arms: Sequence[Arm], kind: str, config: str, nodes: int, what: str) -> float:
+    values = [
+        getattr(a, what) for a in arms if (a.kind, a.config, a.nodes) == (kind, config, nodes)
+    ]
+    return statistics.median(values) if values else float("nan")
+
+
 def median_rate(arms: Sequence[Arm], kind: str, config: str, nodes: int) -> float:
-    rates = [a.rate for a in arms if (a.kind, a.config, a.nodes) == (kind, config, nodes)]
-    return statistics.median(rates) if rates else float("nan")
+    return median_of(arms, kind, config, nodes, "rate")
+
+
+def _present(value: float) -> float | None:
+    return None if math.isnan(value) else value  # NaN: not measured (no such arm)
 
 
 def rows(arms: Sequence[Arm]) -> list[Row]:
-    """Extender vs plain, per pod kind and node count (median over repeats)."""
+    """Extender vs plain and vs the no-op extender, per pod kind and node count (median over
+    repeats); for GPU pods also the extender's CPU per bound pod vs the no-op extender's."""
     result = []
     for kind, nodes in dict.fromkeys((a.kind, a.nodes) for a in arms):
         pods = next(a.pods for a in arms if (a.kind, a.nodes) == (kind, nodes))
-        target = (
-            Target("ratio", ">=", 0.5) if kind == "GPU" else Target("ratio", ">=", 0.9)
+        gpu = kind == "GPU"
+        target: Target | tuple[Target, ...] = (
+            (Target("ratio", ">=", 0.5), Target("floor_ratio", ">=", 0.8))
+            if gpu
+            else Target("ratio", ">=", 0.9)
         )  # non-GPU: 1.0x asked; 0.9 leaves room for the noise of one run
         result.append(
             Row(
@@ -277,9 +338,23 @@ def rows(arms: Sequence[Arm]) -> list[Row]:
                 unit="pods/s",
                 baseline=median_rate(arms, kind, "plain", nodes),
                 baseline_label="same scheduler, no extender",
+                floor=_present(median_rate(arms, kind, "floor", nodes)),
+                floor_label="no-op extender",
                 target=target,
             )
         )
+        if gpu:
+            result.append(
+                Row(
+                    measure="extender CPU per bound GPU pod",
+                    configuration=f"{pods:,} pods on {nodes:,} nodes",
+                    value=median_of(arms, kind, "extender", nodes, "extender_cpu_ms"),
+                    unit="ms",
+                    floor=_present(median_of(arms, kind, "floor", nodes, "extender_cpu_ms")),
+                    floor_label="no-op extender",
+                    target=Target("value", "<=", 2.5),
+                )
+            )
     return result
 
 
@@ -295,6 +370,7 @@ def details(arms: Sequence[Arm]) -> str:
             f"{a.extender_cpu_ms:>12.2f} {a.scheduler_cpu_ms:>9.2f}"
         )
     lines.append(
+        "config floor: the no-op extender (tests.bench.floors); its extender cpu is the floor's.\n"
         "algorithm ms: the scheduler's mean scheduling_algorithm_duration per pod (filter and "
         "score,\nthe extender's round trips included); binding runs beside it. pods/s: median "
         "over repeats in the summary.\nextender cpu, sched cpu: CPU ms per pod of "

@@ -1,8 +1,11 @@
 """The benchmark suite's one table: each measurement beside its baseline from the same run.
 
 Pure data and formatting, no timing: every bench module returns `Row`s, `tests.bench.run`
-prints them with `markdown_table`. A row's ratio is value / baseline; its target, when the
-issue sets one, is on the value or on the ratio, and says whether it was met.
+prints them with `markdown_table`. A row's ratio is value / baseline (the plain system: no
+webhook, no extender, GET /healthz); where a floor was measured (the same protocol served by a
+server that does nothing: tests.bench.floors) its floor ratio is value / floor, which is the
+part of the cost that is vramguard's own. Its targets, when the issue sets them, are on the
+value, the ratio or the floor ratio, and say whether they were met.
 """
 
 from __future__ import annotations
@@ -21,13 +24,15 @@ TIMES = "\u00d7"  # the multiplication sign of "1.25x"
 class Target:
     """`value < 2` (ms), `ratio <= 1.25`, `ratio >= 0.5`: what the issue asks for."""
 
-    on: Literal["value", "ratio"]
+    on: Literal["value", "ratio", "floor_ratio"]
     comparison: Comparison
     threshold: float
 
-    def met(self, value: float | None, ratio: float | None) -> bool | None:
+    def met(
+        self, value: float | None, ratio: float | None, floor_ratio: float | None = None
+    ) -> bool | None:
         """None when the number it is about was not measured."""
-        measured = value if self.on == "value" else ratio
+        measured = {"value": value, "ratio": ratio, "floor_ratio": floor_ratio}[self.on]
         if measured is None or math.isnan(measured):
             return None
         if self.comparison == "<":
@@ -39,6 +44,8 @@ class Target:
     def describe(self, unit: str) -> str:
         if self.on == "ratio":
             return f"{self.comparison} {_number(self.threshold)}{TIMES}"
+        if self.on == "floor_ratio":
+            return f"{self.comparison} {_number(self.threshold)}{TIMES} floor"
         return f"{self.comparison} {_number(self.threshold)} {unit}".rstrip()
 
 
@@ -52,16 +59,32 @@ class Row:
     unit: str
     baseline: float | None = None
     baseline_label: str = ""  # what the baseline is: "GET /healthz", "no webhook", "idle"
-    target: Target | None = None
+    target: Target | tuple[Target, ...] | None = None
     note: str = ""  # shown instead of a value when there is none (skipped, failed)
+    floor: float | None = None  # the same protocol on a server that does nothing
+    floor_label: str = ""  # "no-op webhook", "no-op extender"
 
     @property
     def ratio(self) -> float | None:
         return ratio(self.value, self.baseline)
 
     @property
+    def floor_ratio(self) -> float | None:
+        return ratio(self.value, self.floor)
+
+    @property
+    def targets(self) -> tuple[Target, ...]:
+        if self.target is None:
+            return ()
+        return self.target if isinstance(self.target, tuple) else (self.target,)
+
+    @property
     def met(self) -> bool | None:
-        return None if self.target is None else self.target.met(self.value, self.ratio)
+        """All targets met; None when there is none or one was not measured."""
+        verdicts = [t.met(self.value, self.ratio, self.floor_ratio) for t in self.targets]
+        if not verdicts or None in verdicts:
+            return None
+        return all(verdicts)
 
 
 def ratio(value: float | None, baseline: float | None) -> float | None:
@@ -88,29 +111,45 @@ def format_ratio(value: float | None) -> str:
     return f"{value:.2f}{TIMES}"
 
 
-def format_met(met: bool | None, target: Target | None) -> str:
-    if target is None:
+def format_met(met: bool | None, target: Target | tuple[Target, ...] | None) -> str:
+    if not target:
         return NOT_APPLICABLE
     if met is None:
         return "not measured"
     return "yes" if met else "**no**"
 
 
-HEADERS = ("measure", "configuration", "baseline", "value", "ratio", "target", "met?")
+HEADERS = (
+    "measure",
+    "configuration",
+    "baseline",
+    "floor",
+    "value",
+    "ratio",
+    "vs floor",
+    "target",
+    "met?",
+)
 
 
 def cells(row: Row) -> tuple[str, ...]:
     baseline = format_quantity(row.baseline, row.unit)
     if row.baseline is not None and row.baseline_label:
         baseline = f"{baseline} ({row.baseline_label})"
+    floor = format_quantity(row.floor, row.unit)
+    if row.floor is not None and row.floor_label:
+        floor = f"{floor} ({row.floor_label})"
     value = row.note if row.value is None and row.note else format_quantity(row.value, row.unit)
+    targets = row.targets
     return (
         row.measure,
         row.configuration,
         baseline,
+        floor,
         value,
         format_ratio(row.ratio),
-        NOT_APPLICABLE if row.target is None else row.target.describe(row.unit),
+        format_ratio(row.floor_ratio),
+        ", ".join(t.describe(row.unit) for t in targets) if targets else NOT_APPLICABLE,
         format_met(row.met, row.target),
     )
 

@@ -100,19 +100,55 @@ def test_cells_show_baseline_ratio_target_and_verdict() -> None:
         "pod CREATE p50, GPU pod",
         "webhook registered",
         "5 ms (not registered)",
+        NOT_APPLICABLE,
         "6 ms",
         "1.20\u00d7",
+        NOT_APPLICABLE,
         "<= 1.25\u00d7",
         "yes",
     )
 
 
+def test_a_floor_gets_its_own_ratio_and_targets_on_it() -> None:
+    row = Row(
+        "pod CREATE p50, GPU pod",
+        "vramguard registered",
+        value=6.0,
+        unit="ms",
+        baseline=4.0,
+        baseline_label="not registered",
+        floor=5.0,
+        floor_label="no-op webhook",
+        target=(Target("ratio", "<=", 1.5), Target("floor_ratio", "<=", 1.15)),
+    )
+    assert row.floor_ratio == pytest.approx(1.2)
+    assert row.met is False  # 1.5x the plain baseline is met, 1.2x the floor is not
+    assert cells(row) == (
+        "pod CREATE p50, GPU pod",
+        "vramguard registered",
+        "4 ms (not registered)",
+        "5 ms (no-op webhook)",
+        "6 ms",
+        "1.50\u00d7",
+        "1.20\u00d7",
+        "<= 1.50\u00d7, <= 1.15\u00d7 floor",
+        "**no**",
+    )
+    assert Row("x", "", 5.5, "ms", 4.0, floor=5.0, target=row.target).met is True
+
+
+def test_a_floor_target_without_a_floor_is_not_measured() -> None:
+    row = Row("x", "", 5.0, "ms", 4.0, target=Target("floor_ratio", "<=", 1.15))
+    assert row.met is None
+    assert cells(row)[-1] == "not measured"
+
+
 def test_a_row_without_a_value_shows_its_note_and_no_verdict() -> None:
     row = Row("memory", "", None, "", note="failed: TimeoutError", target=Target("value", "<", 1))
     values = cells(row)
-    assert values[3] == "failed: TimeoutError"
-    assert values[4] == NOT_APPLICABLE
-    assert values[6] == "not measured"
+    assert values[4] == "failed: TimeoutError"
+    assert values[5] == NOT_APPLICABLE
+    assert values[-1] == "not measured"
 
 
 def test_markdown_table_has_a_header_a_separator_and_aligned_rows() -> None:
