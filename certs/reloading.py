@@ -21,6 +21,10 @@ from cryptography import x509
 logger = logging.getLogger(__name__)
 
 DEFAULT_INTERVAL = 2.0
+# TLS 1.2 suites: forward-secret key exchange and AEAD encryption only (no CBC, no RSA key
+# exchange, no SHA-1 MACs). OpenSSL's names; TLS 1.3's suites (all AEAD) are not affected by
+# set_ciphers. Go's TLS client (kube-apiserver, Prometheus) offers all of them.
+TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 
 
 class CertificateLoadError(Exception):
@@ -39,9 +43,12 @@ def file_digest(paths: Sequence[Path]) -> bytes:
 
 
 def server_context(cert_file: Path, key_file: Path, client_ca_file: Path | None) -> ssl.SSLContext:
-    """Build a TLS >= 1.2 server context; with a client CA, client certificates are required."""
+    """Build a TLS >= 1.2 server context, AEAD ciphers only; with a client CA, client
+    certificates are required."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers(TLS12_CIPHERS)
+    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_CIPHER_SERVER_PREFERENCE
     # load_cert_chain also checks that the key belongs to the certificate.
     ctx.load_cert_chain(cert_file, key_file)
     if client_ca_file is not None:
@@ -114,7 +121,9 @@ class ReloadingTLS:
                 # Files briefly missing mid-rotation are handled like broken contents.
                 return self._failed(f"unreadable: {exc}".encode(), exc)
             if digest == self._digest:
+                # Back to what is served (a broken edit undone): nothing is failing any more.
                 self._pending_bad = self._reported_bad = None
+                self.last_error = None
                 return False
             try:
                 fresh = self._build()

@@ -10,16 +10,18 @@ reached, before it opens the HTTPS listener.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import logging
 import sys
 import threading
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Coroutine, Sequence
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from certs.reloading import CertificateLoadError, ReloadingTLS
-from certs.serving import serve
+from certs.serving import ConnectionLimits, ConnectionStats, serve
 from gpumem.policy import PolicyError
 from gpumem.policy_file import PolicyFile
 from webhook.app import ClusterSource, Dependencies, FixedCluster, create_app
@@ -64,10 +66,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not _first_certificate(certificates, settings):
             return 0  # SIGTERM or SIGINT before there was anything to serve
     try:
-        tls = ReloadingTLS(settings.tls_cert, settings.tls_key)
+        tls = ReloadingTLS(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
     except CertificateLoadError as err:
         return _fail(str(err))
     certificate_metrics.follow_served(lambda: tls.not_after)
+    certificate_metrics.follow_reloads(tls)
+    limits = connection_limits(settings)
+    connections = ConnectionStats()
+    metrics.follow_connections(connections)
     try:
         cluster = _cluster_source(settings)
     except Exception as err:  # a broken kubeconfig: the kubernetes client raises many types
@@ -83,6 +89,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "policy": str(settings.policy),
                 "cluster_access": not isinstance(cluster, FixedCluster),
                 "tls_mode": settings.tls_mode,
+                "client_certificates": settings.tls_client_ca is not None,
+                "max_connections": limits.max_connections,
+                "max_body_bytes": settings.body_limit(),
             }
         },
     )
@@ -92,23 +101,83 @@ def main(argv: Sequence[str] | None = None) -> int:
         certificates.start(settings.tls_sync_seconds)
     try:
         asyncio.run(
-            serve(
-                app,
-                settings.host,
-                settings.port,
-                tls,
-                log_level=settings.log_level,
-                watch_interval=settings.tls_reload_seconds,
-                access_log=False,  # one line per request comes from the app, with the decision
-                timeout_keep_alive=settings.keep_alive_seconds,
-                timeout_graceful_shutdown=settings.graceful_shutdown_seconds,
-                log_config=None,  # keep the handlers configure_logging installed
+            _trimming(
+                serve(
+                    app,
+                    settings.host,
+                    settings.port,
+                    tls,
+                    log_level=settings.log_level,
+                    watch_interval=settings.tls_reload_seconds,
+                    limits=limits,
+                    stats=connections,
+                    access_log=False,  # one line per request comes from the app
+                    timeout_keep_alive=settings.keep_alive_seconds,
+                    timeout_graceful_shutdown=settings.graceful_shutdown_seconds,
+                    log_config=None,  # keep the handlers configure_logging installed
+                    ws="none",  # no WebSocket route: an upgrade request is plain HTTP here
+                ),
+                connections,
+                settings.malloc_trim_seconds,
             )
         )
     finally:
         if certificates is not None:
             certificates.stop()
     return 0
+
+
+def connection_limits(settings: Settings) -> ConnectionLimits:
+    return ConnectionLimits(
+        max_connections=settings.connection_limit(),
+        handshake_timeout=settings.tls_handshake_timeout_seconds,
+        header_timeout=settings.header_timeout_seconds,
+        body_timeout=settings.body_timeout_seconds,
+        max_header_bytes=settings.max_header_bytes,
+    )
+
+
+async def _trimming(
+    serving: Coroutine[Any, Any, None], connections: ConnectionStats, interval: float
+) -> None:
+    """Run `serving`; meanwhile, after connections closed, hand freed memory back.
+
+    glibc keeps what a burst of connections freed in its heaps (RSS stays at the burst's
+    peak); malloc_trim returns the free pages. Only after closes, so an idle webhook does
+    no work."""
+    trim = _malloc_trim()
+    if trim is None or not interval:
+        await serving
+        return
+
+    async def trim_after_closes() -> None:
+        seen = connections.closed + sum(connections.limited.values())
+        while True:
+            await asyncio.sleep(interval)
+            now = connections.closed + sum(connections.limited.values())
+            if now != seen:
+                seen = now
+                await asyncio.to_thread(trim, 0)
+
+    trimmer = asyncio.create_task(trim_after_closes(), name="malloc-trim")
+    try:
+        await serving
+    finally:
+        trimmer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await trimmer
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's malloc_trim, or None (another libc, e.g. musl)."""
+    try:
+        # The process's own symbols, libc's among them (no library search, no ldconfig).
+        function = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_size_t]
+    function.restype = ctypes.c_int
+    return function
 
 
 def _certificate_manager(

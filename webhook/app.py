@@ -18,7 +18,7 @@ from http import HTTPStatus
 from typing import Any, Protocol
 
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
@@ -84,12 +84,25 @@ class RequestRejected(Exception):
 def create_app(settings: Settings, deps: Dependencies) -> Starlette:
     metrics = deps.metrics
     metrics.cluster_synced.set_function(lambda: float(deps.cluster.synced))
+    body_limit = settings.body_limit()
+    # Bodies held in memory at once; the others wait with their bytes in the socket buffers
+    # (uvicorn stops reading a connection at 64 KiB until the app asks for more). Parsing
+    # and deciding are synchronous, so one review at a time is parsed whatever this is.
+    readers = asyncio.Semaphore(settings.max_concurrent_reviews)
 
     async def mutate(request: Request) -> Response:
         started = time.perf_counter()
         try:
-            body = await _read_body(request, settings.max_body_bytes)
+            async with readers:
+                body = await _read_body(request, body_limit, metrics)
             admission = parse_review(body)
+            del body  # the parsed review is what the rest needs; the bytes can go now
+        except ClientDisconnect:
+            # The caller went away (or a body deadline closed the connection): nobody to
+            # answer. Counted, logged, and the empty response goes nowhere.
+            metrics.errors.labels("disconnected").inc()
+            log.info("client disconnected before sending its whole body")
+            return Response(status_code=HTTPStatus.BAD_REQUEST)
         except (RequestRejected, InvalidReview) as err:
             rejected = (
                 err
@@ -167,7 +180,7 @@ def create_app(settings: Settings, deps: Dependencies) -> Starlette:
     )
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def _read_body(request: Request, limit: int, metrics: WebhookMetrics) -> bytes:
     """The body of an application/json request of at most `limit` bytes."""
     content_type = request.headers.get("content-type", "")
     media_type = content_type.split(";", 1)[0].strip().lower()
@@ -178,6 +191,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
         )
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
+        metrics.oversized_bodies.labels("content-length").inc()
         raise RequestRejected(
             HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
             f"body of {declared} bytes is over the {limit} byte limit",
@@ -188,6 +202,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
+            metrics.oversized_bodies.labels("streamed").inc()
             raise RequestRejected(
                 HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body is over the {limit} byte limit"
             )
@@ -213,10 +228,14 @@ def _rejected(err: RequestRejected, metrics: WebhookMetrics, started: float) -> 
             }
         },
     )
+    # After a 413 the rest of the body is still on its way: closing the connection stops it
+    # instead of reading (and discarding) it.
+    close = err.status == HTTPStatus.REQUEST_ENTITY_TOO_LARGE
     return Response(
         responses.failure_status_json(err.status.value, err.message),
         status_code=err.status.value,
         media_type=JSON,
+        headers={"connection": "close"} if close else None,
     )
 
 

@@ -6,11 +6,14 @@ the rest describes the self-managed CA and its rotations and only exists in that
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 
+from certs.reloading import ReloadingTLS
 from certs.rotation import STEP_KINDS, CertificateState, Phase
 
 ERROR_KINDS = ("api", "invalid-secret", "missing-webhook-configuration", "internal")
@@ -18,6 +21,7 @@ ERROR_KINDS = ("api", "invalid-secret", "missing-webhook-configuration", "intern
 
 class CertificateMetrics:
     def __init__(self, registry: CollectorRegistry, *, self_managed: bool) -> None:
+        self.registry = registry
         self.expiry = Gauge(
             "vramguard_webhook_certificate_expiration_timestamp_seconds",
             "Unix time at which a certificate ends: served (what this replica's listener "
@@ -81,6 +85,10 @@ class CertificateMetrics:
         """Report the served certificate's end as the listener sees it, at every scrape."""
         self.expiry.labels("served").set_function(lambda: not_after().timestamp())
 
+    def follow_reloads(self, tls: ReloadingTLS) -> None:
+        """Export the listener's reloads of the certificate files, at every scrape."""
+        self.registry.register(_ReloadCollector(tls))
+
     def observed(self, state: CertificateState, *, published: bool, now: datetime) -> None:
         if state.signer is not None:
             self.expiry.labels("ca").set(state.signer.certificate.not_valid_after_utc.timestamp())
@@ -90,3 +98,29 @@ class CertificateMetrics:
         self.published.set(1 if published else 0)
         if published:
             self.last_success.set(now.timestamp())
+
+
+class _ReloadCollector(Collector):
+    def __init__(self, tls: ReloadingTLS) -> None:
+        self.tls = tls
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        yield CounterMetricFamily(
+            "vramguard_webhook_certificate_reloads",
+            "Times the listener switched to new certificate files (--tls-cert, --tls-key, "
+            "--tls-client-ca) after they changed on disk.",
+            value=self.tls.reloads,
+        )
+        yield CounterMetricFamily(
+            "vramguard_webhook_certificate_reload_failures",
+            "Changed certificate files that could not be loaded (unreadable, not PEM, key and "
+            "certificate not a pair); each distinct broken content counts once, after it was "
+            "seen on two checks in a row. The previous certificate stays served.",
+            value=self.tls.reload_failures,
+        )
+        yield GaugeMetricFamily(
+            "vramguard_webhook_certificate_last_reload_successful",
+            "0 while the certificate files on disk cannot be loaded (the previous certificate "
+            "is served, and will expire); 1 when what is on disk is what is served.",
+            value=0 if self.tls.last_error is not None else 1,
+        )

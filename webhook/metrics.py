@@ -7,9 +7,14 @@ counters through prometheus_client's global registry.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+
+from certs.serving import CLOSE_REASONS, ConnectionStats
 
 # Admission latency is sub-millisecond when healthy; the API server times out at seconds.
 LATENCY_BUCKETS = (
@@ -50,8 +55,9 @@ class WebhookMetrics:
         )
         self.errors = Counter(
             "vramguard_webhook_errors",
-            "Requests that failed: invalid (4xx, not a usable AdmissionReview) or internal "
-            "(an unexpected error while deciding; the pod was not admitted).",
+            "Requests that failed: invalid (4xx, not a usable AdmissionReview), internal "
+            "(an unexpected error while deciding; the pod was not admitted) or disconnected "
+            "(the caller left, or a body deadline closed it, before the whole body came).",
             ["kind"],
             registry=self.registry,
         )
@@ -77,10 +83,20 @@ class WebhookMetrics:
             "is configured), 0 while the watches are not synced.",
             registry=self.registry,
         )
+        self.oversized_bodies = Counter(
+            "vramguard_webhook_oversized_bodies",
+            "Requests answered 413 (and their connection closed) because the body was over "
+            "--max-body-bytes, by how it was found: content-length (declared, nothing read) or "
+            "streamed (counted while reading).",
+            ["detected"],
+            registry=self.registry,
+        )
         for decision in ("patched", "allowed", "denied", "errored", "invalid"):
             self.requests.labels(decision)
-        for kind in ("invalid", "internal"):
+        for kind in ("invalid", "internal", "disconnected"):
             self.errors.labels(kind)
+        for detected in ("content-length", "streamed"):
+            self.oversized_bodies.labels(detected)
         for result in ("success", "error"):
             self.policy_reloads.labels(result)
         self.policy_loaded()
@@ -96,5 +112,52 @@ class WebhookMetrics:
         else:
             self.policy_last_reload_successful.set(0)
 
+    def follow_connections(self, stats: ConnectionStats) -> None:
+        """Export the listener's connection counts (certs.serving) at every scrape."""
+        self.registry.register(_ConnectionCollector(stats))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _ConnectionCollector(Collector):
+    def __init__(self, stats: ConnectionStats) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        stats = self.stats
+        yield GaugeMetricFamily(
+            "vramguard_webhook_connections_open",
+            "Connections open now, TLS handshakes in progress included (--max-connections "
+            "caps it).",
+            value=stats.open,
+        )
+        yield CounterMetricFamily(
+            "vramguard_webhook_connections_accepted",
+            "TCP connections accepted, refused ones included.",
+            value=stats.accepted,
+        )
+        yield CounterMetricFamily(
+            "vramguard_webhook_tls_handshakes",
+            "TLS handshakes completed: each is a new connection the caller pays a handshake "
+            "for. Their rate beside the request rate says whether the API server reuses "
+            "connections.",
+            value=stats.handshakes,
+        )
+        yield CounterMetricFamily(
+            "vramguard_webhook_tls_sessions_resumed",
+            "Completed TLS handshakes that resumed an earlier session (cheaper than a full one).",
+            value=stats.resumed,
+        )
+        limited = CounterMetricFamily(
+            "vramguard_webhook_connections_limited",
+            "Connections refused or closed by a limit, by reason: connection-limit (over "
+            "--max-connections, closed at accept), handshake-timeout, handshake-failed (no "
+            "common protocol or cipher, bad client certificate, peer gone), header-timeout "
+            "(nothing, or not the whole headers, within --header-timeout-seconds; 408 if "
+            "something came), body-timeout, header-too-large (431).",
+            labels=["reason"],
+        )
+        for reason in CLOSE_REASONS:
+            limited.add_metric([reason], stats.limited[reason])
+        yield limited

@@ -17,9 +17,38 @@ from certs.rotation import Timings
 
 ENV_PREFIX = "VRAMGUARD_WEBHOOK_"
 TLSMode = Literal["files", "self-managed"]
-# controller-runtime's limit: an AdmissionReview holds the object and the old object, each
-# up to the API server's 3 MiB request limit, plus the envelope.
-MAX_BODY_BYTES = 7 * 1024 * 1024
+MiB = 1024 * 1024
+# kube-apiserver refuses a request body over 3 MiB (k8s.io/apiserver's MaxRequestBodyBytes,
+# 3 * 1024 * 1024), and this webhook is registered for CREATE only, where the AdmissionReview
+# carries the object and no old object: the object plus the review's envelope.
+APISERVER_MAX_REQUEST_BYTES = 3 * MiB
+REVIEW_ENVELOPE_BYTES = 64 * 1024
+# Measured on loopback (tests/http/webhook/test_limits_memory.py prints them):
+# the process at rest, and what each accepted TLS connection costs (the event loop's SSL read
+# buffer, OpenSSL's state, the protocol objects) until it is closed.
+BASE_RSS_MIB = 64
+CONNECTION_MIB = 0.35
+# Parsing JSON into Python objects costs up to ~32x the body (a body of empty objects,
+# `[{},{},...]`, measured with webhook.models.parse_review); real pods are mostly strings, ~2x.
+# Parsing is synchronous, so one review is parsed at a time; bodies being read add 1x each.
+PARSE_AMPLIFICATION = 32
+SLACK_MIB = 16
+
+
+def default_body_limit(memory_limit_mib: int, concurrent_reviews: int) -> int:
+    """The largest review that fits: kube-apiserver's request limit plus the envelope, or
+    what half the memory left after the process allows for one parse and the bodies being
+    read, if that is less (256 KiB at the least)."""
+    wanted = APISERVER_MAX_REQUEST_BYTES + REVIEW_ENVELOPE_BYTES
+    budget = (memory_limit_mib - BASE_RSS_MIB - SLACK_MIB) * MiB // 2
+    fits = budget // (PARSE_AMPLIFICATION + concurrent_reviews)
+    return max(256 * 1024, min(wanted, fits))
+
+
+DEFAULT_MEMORY_LIMIT_MIB = 256
+DEFAULT_CONCURRENT_REVIEWS = 4
+# The default body limit under the default memory limit (256 MiB): 2.44 MiB.
+MAX_BODY_BYTES = default_body_limit(DEFAULT_MEMORY_LIMIT_MIB, DEFAULT_CONCURRENT_REVIEWS)
 
 
 class Settings(BaseSettings):
@@ -62,7 +91,62 @@ class Settings(BaseSettings):
     tls_reload_seconds: Annotated[float, Field(gt=0, le=3600)] = 10.0
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "text"] = "json"
-    max_body_bytes: Annotated[int, Field(gt=0)] = MAX_BODY_BYTES
+
+    # -- what one replica accepts (issue: memory exhaustion by unauthenticated callers) ------
+    memory_limit_mib: Annotated[int, Field(ge=96)] = Field(
+        default=DEFAULT_MEMORY_LIMIT_MIB,
+        description="the container's memory limit in MiB (the Deployment sets it from "
+        "resources.limits.memory); --max-body-bytes and --max-connections default to what "
+        "fits in it",
+    )
+    max_body_bytes: Annotated[int, Field(ge=64 * 1024)] | None = Field(
+        default=None,
+        description="largest AdmissionReview accepted; a larger one is answered 413 as soon "
+        "as its Content-Length or its streamed size says so (default: kube-apiserver's 3 MiB "
+        "request limit plus the review's envelope, smaller if --memory-limit-mib is too small "
+        "for it)",
+    )
+    max_concurrent_reviews: Annotated[int, Field(ge=1, le=1024)] = Field(
+        default=DEFAULT_CONCURRENT_REVIEWS,
+        description="reviews whose bodies are read at the same time; the others wait their "
+        "turn (their bytes stay in the socket buffers)",
+    )
+    max_connections: Annotated[int, Field(ge=1)] | None = Field(
+        default=None,
+        description="open connections (TLS handshakes included); one more is closed at once "
+        "(default: what --memory-limit-mib leaves after the process, one review being parsed "
+        "and the bodies being read)",
+    )
+    tls_handshake_timeout_seconds: Annotated[float, Field(gt=0, le=600)] = Field(
+        default=5.0, description="a TLS handshake not done by then is aborted"
+    )
+    header_timeout_seconds: Annotated[float, Field(gt=0, le=600)] = Field(
+        default=10.0,
+        description="a request's line and headers must arrive within this from the end of the "
+        "handshake (a connection that sends nothing is closed then) or from the request's "
+        "first byte on a kept-alive connection; else 408 and closed",
+    )
+    body_timeout_seconds: Annotated[float, Field(gt=0, le=600)] = Field(
+        default=10.0,
+        description="a request's body must arrive within this from the end of its headers; "
+        "else closed",
+    )
+    max_header_bytes: Annotated[int, Field(ge=1024, le=1024 * 1024)] = Field(
+        default=32 * 1024,
+        description="request line and headers together; more is answered 431 and closed",
+    )
+    tls_client_ca: Path | None = Field(
+        default=None,
+        description="CA file (PEM, reloaded with the certificate) that callers' client "
+        "certificates must chain to; without it no client certificate is asked for. The API "
+        "server presents one when its --admission-control-config-file names a kubeconfig "
+        "for this webhook",
+    )
+    malloc_trim_seconds: Annotated[float, Field(ge=0, le=3600)] = Field(
+        default=10.0,
+        description="how often, after connections closed, memory freed by them is returned "
+        "to the system (glibc malloc_trim); 0: never",
+    )
 
     # -- self-managed certificates ---------------------------------------------------------
     namespace: str | None = Field(
@@ -134,6 +218,20 @@ class Settings(BaseSettings):
                 "tls_reload_seconds: every replica must have switched before the old CA goes"
             )
         return self
+
+    def body_limit(self) -> int:
+        """max_body_bytes, or its default for memory_limit_mib."""
+        if self.max_body_bytes is not None:
+            return self.max_body_bytes
+        return default_body_limit(self.memory_limit_mib, self.max_concurrent_reviews)
+
+    def connection_limit(self) -> int:
+        """max_connections, or its default for memory_limit_mib."""
+        if self.max_connections is not None:
+            return self.max_connections
+        reviews = self.body_limit() * (PARSE_AMPLIFICATION + self.max_concurrent_reviews) / MiB
+        left = self.memory_limit_mib - BASE_RSS_MIB - SLACK_MIB - reviews
+        return max(16, int(left / CONNECTION_MIB))
 
     def serving_names(self) -> SubjectNames:
         """The serving certificate's names: the Service's, and the extra ones."""

@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from webhook.settings import MAX_BODY_BYTES, settings_from
+from webhook.settings import (
+    BASE_RSS_MIB,
+    CONNECTION_MIB,
+    MAX_BODY_BYTES,
+    PARSE_AMPLIFICATION,
+    MiB,
+    settings_from,
+)
 
 REQUIRED = ["--policy", "p.yaml", "--tls-cert", "c.crt", "--tls-key", "k.key"]
 
@@ -38,7 +45,8 @@ def test_flags() -> None:
     assert settings.host == "127.0.0.1"
     assert settings.port == 9443
     assert settings.kubeconfig is None
-    assert settings.max_body_bytes == MAX_BODY_BYTES == 7 * 1024 * 1024
+    assert settings.max_body_bytes is None
+    assert settings.body_limit() == MAX_BODY_BYTES
 
 
 def test_defaults() -> None:
@@ -166,3 +174,49 @@ def test_rotation_timings_come_from_the_settings() -> None:
 def test_rotation_timings_that_cannot_work_are_refused(flags: list[str], message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         settings_from([*SELF_MANAGED, "--namespace", "vramguard", *flags])
+
+
+def test_limits_default_to_what_fits_in_the_memory_limit() -> None:
+    at = {
+        mib: settings_from([*REQUIRED, "--memory-limit-mib", str(mib)]) for mib in (128, 256, 1024)
+    }
+    # kube-apiserver's 3 MiB request limit plus the envelope, when the memory allows it.
+    assert at[1024].body_limit() == 3 * 1024 * 1024 + 64 * 1024
+    assert at[128].body_limit() < at[256].body_limit() < at[1024].body_limit()
+    assert at[256].body_limit() == MAX_BODY_BYTES
+    assert 200 <= at[256].connection_limit() <= 300
+    assert at[128].connection_limit() < at[256].connection_limit() < at[1024].connection_limit()
+    for settings in at.values():
+        # What the defaults add up to, with the measured costs, stays under the limit.
+        used = (
+            BASE_RSS_MIB * MiB
+            + settings.body_limit() * (PARSE_AMPLIFICATION + settings.max_concurrent_reviews)
+            + settings.connection_limit() * CONNECTION_MIB * MiB
+        )
+        assert used <= settings.memory_limit_mib * MiB
+
+
+def test_explicit_limits_win() -> None:
+    settings = settings_from(
+        [*REQUIRED, "--max-body-bytes", "1048576", "--max-connections", "50",
+         "--header-timeout-seconds", "2", "--tls-client-ca", "ca.crt"]
+    )  # fmt: skip
+    assert (settings.body_limit(), settings.connection_limit()) == (1048576, 50)
+    assert settings.header_timeout_seconds == 2
+    assert settings.tls_client_ca == Path("ca.crt")
+    assert settings_from(REQUIRED).tls_client_ca is None
+
+
+@pytest.mark.parametrize(
+    "flag",
+    [
+        ["--max-body-bytes", "1000"],
+        ["--max-connections", "0"],
+        ["--header-timeout-seconds", "0"],
+        ["--max-header-bytes", "10"],
+        ["--memory-limit-mib", "32"],
+    ],
+)
+def test_limits_refuse_nonsense(flag: list[str]) -> None:
+    with pytest.raises(ValidationError):
+        settings_from([*REQUIRED, *flag])
