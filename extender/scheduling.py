@@ -20,11 +20,10 @@ from gpumem.fit import (
     cards_quick_headroom,
     check_node,
     evaluate,
-    quick_headroom,
 )
 from gpumem.policy import ExtenderSettings
 from gpumem.relief import NO_RELIEF, victims_relief
-from gpumem.state import NodeState, Snapshot
+from gpumem.state import Snapshot
 
 
 @dataclass(frozen=True)
@@ -67,9 +66,28 @@ def filter_nodes(
     nodes = snapshot.nodes
     limits = Limits.of(settings)
     floor, max_age = limits.floor_mib, limits.max_age_seconds
+    # The fast path of gpumem.fit.quick_headroom, inlined: this loop runs once per candidate
+    # node for every GPU pod, and the calls cost more than the comparisons.
+    base = need + floor
     for name in candidates:
         node = nodes.get(name)
-        if _fast_headroom(node, need, floor, max_age, now) is not None:
+        quick = node.quick if node is not None else None
+        if quick is not None:
+            room, free, sampled_at, start, end, idle = quick
+            # now - sampled_at <= max_age: not gpumem.fit.is_stale, in the same arithmetic
+            if (
+                need <= room
+                and free - idle >= base
+                and start <= now < end
+                and now - sampled_at <= max_age
+            ):
+                passed.append(name)
+                continue
+        elif (
+            node is not None
+            and node.quick_cards is not None
+            and cards_quick_headroom(node.quick_cards, need, floor, max_age, now) is not None
+        ):
             passed.append(name)
             continue
         refusal, _, skipped = evaluate(need, node, limits, now, NO_RELIEF)
@@ -80,20 +98,6 @@ def filter_nodes(
         kinds[refusal.kind] += 1
         (failed if refusal.resolvable else unresolvable)[name] = refusal.message
     return FilterResult(tuple(passed), failed, unresolvable, kinds, live_skipped)
-
-
-def _fast_headroom(
-    node: NodeState | None, need: int, floor_mib: int, max_age_seconds: float, now: float
-) -> int | None:
-    """The fast paths where they apply (gpumem.fit.quick_headroom on a one-card node,
-    cards_quick_headroom on one with several); None: ask the full rule."""
-    if node is None:
-        return None
-    if node.quick is not None:
-        return quick_headroom(node.quick, need, floor_mib, max_age_seconds, now)
-    if node.quick_cards is not None:
-        return cards_quick_headroom(node.quick_cards, need, floor_mib, max_age_seconds, now)
-    return None
 
 
 def score_nodes(
@@ -117,12 +121,26 @@ def score_nodes(
     # Headroom per candidate, None where the pod does not fit.
     floor, max_age = limits.floor_mib, limits.max_age_seconds
     headrooms: list[int | None] = []
+    base = need + floor
     for name in candidates:
         node = nodes.get(name)
-        headroom = _fast_headroom(node, need, floor, max_age, now)
-        if headroom is not None:
-            headrooms.append(headroom)
-            continue
+        quick = node.quick if node is not None else None
+        if quick is not None:  # gpumem.fit.quick_headroom, inlined as in filter_nodes
+            room, free, sampled_at, start, end, idle = quick
+            live_room = free - idle - base
+            if (
+                need <= room
+                and live_room >= 0
+                and start <= now < end
+                and now - sampled_at <= max_age
+            ):
+                headrooms.append(min(room - need, live_room))
+                continue
+        elif node is not None and node.quick_cards is not None:
+            headroom = cards_quick_headroom(node.quick_cards, need, floor, max_age, now)
+            if headroom is not None:
+                headrooms.append(headroom)
+                continue
         refusal, room, _ = evaluate(need, node, limits, now, NO_RELIEF)
         headrooms.append(None if refusal is not None else max(0, room))
     largest = max((h for h in headrooms if h is not None), default=0)
