@@ -113,8 +113,12 @@ def _ignore_missing(delete: Callable[[], Any]) -> None:
 def installed(admin: Any) -> Iterator[None]:
     """The two components' accounts, RBAC and admission policies (not their Deployments)."""
     core: Any = client.CoreV1Api(admin)
+    # As the base makes it, Pod Security labels included: other tests (the manifests' dry
+    # runs) rely on what the namespace enforces.
+    (namespace,) = objects(MANIFESTS / "base" / "namespace.yaml")
+    assert namespace["metadata"]["name"] == NAMESPACE
     try:
-        core.create_namespace({"metadata": {"name": NAMESPACE}})
+        core.create_namespace(namespace)
     except ApiException as err:
         if err.status != 409:  # it stays from an earlier test (no finalizer runs)
             raise
