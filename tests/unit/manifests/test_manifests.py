@@ -63,6 +63,7 @@ ALERTS = {
     "VRAMGuardNodeAgentSourceFailing",
     "VRAMGuardWebhookCertificateExpiring",
     "VRAMGuardWebhookCertificateSyncFailing",
+    "VRAMGuardWebhookCertificateReloadFailing",
 }
 # Verbs that hand out more than they name: a role with them can grant itself anything.
 ESCALATING_VERBS = {"*", "escalate", "bind", "impersonate"}
