@@ -185,9 +185,16 @@ class Endpoints(Probes):
         policy = self._deps.policy.current
         demand = read_pod(args.pod, policy)
         namespace, name = pod_key(args.pod)
-        self._store.remember_demand(pod_uid(args.pod), namespace, name, need_mib(demand))
+        self._store.remember_demand(
+            pod_uid(args.pod), namespace, name, need_mib(demand), is_gpu=demand.is_gpu
+        )
         result = filter_nodes(
-            demand, args.candidate_names(), self._store.snapshot(), policy.extender, self._clock()
+            demand,
+            args.candidate_names(),
+            self._store.snapshot(),
+            policy.extender,
+            self._clock(),
+            gpumem_resource=policy.resource_names.gpumem,
         )
         self._count_filter(result, f"{namespace}/{name}")
         # model_construct: the result is built from validated data, and validating a
@@ -265,6 +272,7 @@ class Endpoints(Probes):
             self._store.snapshot(),
             policy.extender,
             self._clock(),
+            gpumem_resource=policy.resource_names.gpumem,
         )
         pod = "/".join(pod_key(args.pod))
         for node, reason in vetting.refused.items():

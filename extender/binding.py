@@ -20,7 +20,7 @@ from typing import Literal, Protocol
 
 from extender.models import ExtenderBindingArgs
 from extender.store import ClusterStore
-from gpumem.fit import PREFIX, check_node
+from gpumem.fit import PREFIX, check_node, no_budget_message
 from gpumem.policy import ExtenderSettings
 from gpumem.state import Reservation
 from kube.errors import BindError
@@ -80,6 +80,12 @@ class BindCoordinator:
             return BindOutcome(
                 "unknown-pod",
                 f"{PREFIX}pod {namespace}/{name} ({uid}) is not in vramguard's cache yet",
+            )
+        if pod.is_gpu and pod.need_mib <= 0 and pod.bound_node is None:
+            # /filter refuses it on every node; a bind that comes anyway is refused too, or
+            # the pod would hold a card's memory without any of it counted.
+            return BindOutcome(
+                "refused", no_budget_message(self._store.policy.resource_names.gpumem)
             )
         reserved = False
         # A pod the watch already shows on a node is counted there: reserving again would

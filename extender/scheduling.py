@@ -20,6 +20,7 @@ from gpumem.fit import (
     cards_quick_headroom,
     check_node,
     evaluate,
+    no_budget_message,
 )
 from gpumem.policy import ExtenderSettings
 from gpumem.relief import NO_RELIEF, victims_relief
@@ -43,8 +44,14 @@ class PreemptionVetting:
 
 
 def need_mib(demand: PodDemand) -> int:
-    """The MiB a pod asks for; 0 means it has no GPU-memory demand and passes untouched."""
+    """The MiB a pod asks for; 0 with no GPU (see has_no_budget) passes untouched."""
     return demand.declared_mib or 0
+
+
+def has_no_budget(demand: PodDemand) -> bool:
+    """A GPU pod that declares no GPU memory: refused everywhere (gpumem.fit.no_budget_message)
+    instead of passing every node with 0 MiB counted."""
+    return demand.is_gpu and need_mib(demand) <= 0
 
 
 def filter_nodes(
@@ -53,9 +60,19 @@ def filter_nodes(
     snapshot: Snapshot,
     settings: ExtenderSettings,
     now: float,
+    *,
+    gpumem_resource: str = "vramguard.io/gpumem",
 ) -> FilterResult:
     """Split the candidates into nodes where the pod fits and refusals with their reasons."""
     need = need_mib(demand)
+    if has_no_budget(demand):
+        # Unresolvable: evicting pods would not give it a budget.
+        message = no_budget_message(gpumem_resource)
+        return FilterResult(
+            passed=(),
+            unresolvable=dict.fromkeys(candidates, message),
+            refusals_by_kind={"no-budget": len(candidates)},
+        )
     if need == 0:
         return FilterResult(passed=tuple(candidates))
     passed: list[str] = []
@@ -164,6 +181,8 @@ def vet_preemption(
     snapshot: Snapshot,
     settings: ExtenderSettings,
     now: float,
+    *,
+    gpumem_resource: str = "vramguard.io/gpumem",
 ) -> PreemptionVetting:
     """Keep a candidate node only if evicting its proposed victims (UIDs) makes the pod fit.
 
@@ -171,6 +190,10 @@ def vet_preemption(
     dropping one here could leave CPU or memory short.
     """
     need = need_mib(demand)
+    if has_no_budget(demand):
+        # No eviction makes room for a pod without a budget: preempt nobody for it.
+        message = no_budget_message(gpumem_resource)
+        return PreemptionVetting(kept=(), refused=dict.fromkeys(victims_by_node, message))
     if need == 0:
         return PreemptionVetting(kept=tuple(victims_by_node))
     kept: list[str] = []

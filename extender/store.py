@@ -113,12 +113,14 @@ class ClusterStore:
         with self._remembered_lock:
             return self._remembered.get(uid)
 
-    def remember_demand(self, uid: str, namespace: str, name: str, need_mib: int) -> None:
+    def remember_demand(
+        self, uid: str, namespace: str, name: str, need_mib: int, *, is_gpu: bool = False
+    ) -> None:
         """Keep the demand /filter saw, in case /bind comes before the watch shows the pod."""
         if not uid:
             return
         with self._remembered_lock:
-            self._remembered[uid] = BindablePod(namespace, name, need_mib, None)
+            self._remembered[uid] = BindablePod(namespace, name, need_mib, None, is_gpu)
             self._remembered.move_to_end(uid)
             while len(self._remembered) > REMEMBERED_DEMANDS:
                 self._remembered.popitem(last=False)

@@ -32,7 +32,21 @@ from gpumem.state import NO_PODS, CardState, LiveView, NodeState, QuickFit
 
 PREFIX = "vramguard: "
 
-RefusalKind = Literal["unknown-node", "no-capacity", "too-big", "declared", "live", "stale"]
+RefusalKind = Literal[
+    "unknown-node", "no-capacity", "too-big", "declared", "live", "stale", "no-budget"
+]
+
+
+def no_budget_message(gpumem_resource: str) -> str:
+    """Why a GPU pod that declares no GPU memory is placed nowhere: with 0 MiB counted it would
+    pass every node and take a card's memory uncounted (issue 17: the webhook bypassed with
+    a pod that names the scheduler itself, or a namespace the webhook excludes)."""
+    return (
+        f"{PREFIX}the pod uses a GPU but declares no GPU memory ({gpumem_resource} is 0 or "
+        "missing): it did not get a budget from vramguard's webhook (its namespace is "
+        "excluded, or the pod named this scheduler itself); declare "
+        f"{gpumem_resource} or let the webhook set it"
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -277,3 +277,6 @@ class BindablePod:
     name: str
     need_mib: int
     bound_node: str | None
+    # A pod that uses a GPU (or declares GPU memory): with need_mib 0 it has no budget and is
+    # refused (gpumem.fit.no_budget_message); a pod that uses no GPU binds unchecked.
+    is_gpu: bool = True

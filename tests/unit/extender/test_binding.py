@@ -2,6 +2,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from extender.binding import BindCoordinator, NodeLocks
 from extender.models import ExtenderBindingArgs
 from kube.errors import BindError
@@ -111,6 +113,24 @@ def test_pod_without_gpu_demand_binds_without_reservation() -> None:
     store.remember_demand(pod["metadata"]["uid"], "team-a", "web", 0)
     assert coordinator.bind(args_for(pod, "gpu-1"), settings).result == "bound"
     assert store.snapshot().node("gpu-1").reservations == ()
+
+
+@pytest.mark.parametrize("declared", [None, 0])
+def test_gpu_pod_without_a_budget_is_refused_at_bind(declared: int | None) -> None:
+    """Issue 17: /bind skipped the fit check and the reservation for a need of 0, so a GPU pod
+    that declares no GPU memory was bound wherever the scheduler asked."""
+    binder = RecordingBinder()
+    coordinator, store, settings = setup(binder)
+    pod = make_pod("sneaky", declared, gpu=True)
+    store.apply_pod_event("ADDED", pod)  # the watch shows it: a GPU pod with 0 MiB
+    outcome = coordinator.bind(args_for(pod, "gpu-1"), settings)
+    assert outcome.result == "refused"
+    assert "declares no GPU memory" in outcome.error
+    assert binder.bound == []
+    # The same when only /filter has shown the pod.
+    other = make_pod("sneaky-2", declared, gpu=True)
+    store.remember_demand(other["metadata"]["uid"], "team-a", "sneaky-2", 0, is_gpu=True)
+    assert coordinator.bind(args_for(other, "gpu-1"), settings).result == "refused"
 
 
 def test_pod_already_bound_is_not_counted_twice() -> None:

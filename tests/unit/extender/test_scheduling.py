@@ -238,11 +238,39 @@ def test_pod_without_gpu_demand_passes_every_node_untouched() -> None:
     policy = make_policy(staleMode="deny")
     store = make_store(policy, [make_node("cpu-1")], [])
     names = ["cpu-1", "unknown"]
-    for pod_demand in (demand(None, gpu=False), demand(None, gpu=True)):
-        result = filter_nodes(pod_demand, names, store.snapshot(), policy.extender, NOW)
-        assert result.passed == tuple(names)
-        assert not result.failed
-        assert not result.unresolvable
+    result = filter_nodes(demand(None, gpu=False), names, store.snapshot(), policy.extender, NOW)
+    assert result.passed == tuple(names)
+    assert not result.failed
+    assert not result.unresolvable
+
+
+@pytest.mark.parametrize("declared", [None, 0])
+def test_gpu_pod_without_a_budget_is_refused_on_every_node(declared: int | None) -> None:
+    """Issue 17: a GPU pod that declares 0 (or no) GPU memory used to pass every node, so a
+    pod that got around the webhook took a card's memory uncounted."""
+    policy = make_policy()
+    nodes = [make_node(f"n{i}", allocatable_mib=14000) for i in range(3)]
+    store = make_store(policy, nodes, [], dcgm_reading({f"n{i}": 14000 for i in range(3)}))
+    names = ["n0", "n1", "n2", "unknown"]
+    pod_demand = demand(declared, gpu=True)
+
+    result = filter_nodes(pod_demand, names, store.snapshot(), policy.extender, NOW)
+
+    assert result.passed == ()
+    assert not result.failed  # not resolvable: preempting nobody gives it a budget
+    assert set(result.unresolvable) == set(names)
+    assert (
+        "declares no GPU memory (vramguard.io/gpumem is 0 or missing)"
+        in (result.unresolvable["n0"])
+    )
+    assert dict(result.refusals_by_kind) == {"no-budget": 4}
+    scores = score_nodes(pod_demand, names, store.snapshot(), policy.extender, NOW)
+    assert {score for _, score in scores} == {0}
+    vetting = vet_preemption(
+        pod_demand, {"n0": [], "n1": ["some-uid"]}, store.snapshot(), policy.extender, NOW
+    )
+    assert vetting.kept == ()
+    assert set(vetting.refused) == {"n0", "n1"}
 
 
 def test_filter_counts_refusals_by_kind_and_budget_only_passes() -> None:
