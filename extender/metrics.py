@@ -59,6 +59,14 @@ class ExtenderMetrics:
             ["result"],
             registry=r,
         )
+        self.telemetry_rejected = Counter(
+            PREFIX + "telemetry_rejected_samples_total",
+            "Telemetry samples dropped as implausible: free or used above the card's total "
+            "(reported, else GPU Feature Discovery memory), or negative; the node or card is "
+            "then without live telemetry (staleMode decides).",
+            ["figure", "reason"],
+            registry=r,
+        )
         self.telemetry_up = Gauge(
             PREFIX + "telemetry_up", "1 when the last telemetry fetch succeeded.", registry=r
         )

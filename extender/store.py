@@ -21,6 +21,7 @@ from dataclasses import replace
 from types import MappingProxyType
 from typing import Any
 
+from extender.telemetry_parse import Rejection, plausible_reading
 from gpumem.nodes import NodeFacts, node_facts
 from gpumem.nodestate import build_node_state
 from gpumem.objects import mapping
@@ -280,14 +281,18 @@ class ClusterStore:
 
     # -- telemetry --
 
-    def apply_telemetry(self, reading: TelemetryReading) -> None:
+    def apply_telemetry(self, reading: TelemetryReading) -> list[Rejection]:
         """A successful fetch: every node's live figure changes, so rebuild them all here, in
-        the telemetry thread, rather than in the next request."""
+        the telemetry thread, rather than in the next request. Samples no card can produce
+        (extender.telemetry_parse.plausible_reading) are dropped first; returns them."""
         with self._lock:
+            card_memory = {name: facts.gfd for name, facts in self._nodes.items()}
+            reading, rejections = plausible_reading(reading, card_memory)
             self._reading = reading
             self._pods_used_by_node = self._attribute_pod_usage_locked(reading)
             self._telemetry = TelemetryStatus(reading.source, reading.fetched_at)
             self._rebuild_locked(self._all_names_locked())
+        return rejections
 
     def telemetry_failed(self, source: str, error: str) -> None:
         """A failed fetch keeps the last reading: its samples age and turn stale after

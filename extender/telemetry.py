@@ -335,7 +335,12 @@ class TelemetryPoller:
         except TelemetryError as err:
             self._failed(plan.source, str(err))
             return False
-        self._store.apply_telemetry(reading)
+        rejected = self._store.apply_telemetry(reading)
+        for rejection in rejected:
+            self._metrics.telemetry_rejected.labels(
+                figure=rejection.figure, reason=rejection.reason
+            ).inc()
+        problems = [*problems, *(rejection.describe() for rejection in rejected)]
         self._metrics.telemetry_fetches.labels(result="ok").inc()
         self._metrics.telemetry_up.set(1)
         if self._failing:

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
+from gpumem.nodes import GfdCards
 from gpumem.recommend import UsageHistory
-from gpumem.state import PodKey, Sample
+from gpumem.state import CardSample, PodKey, Sample, TelemetryReading
 
 MIB = 1 << 20
 Unit = Literal["MiB", "bytes"]
@@ -352,3 +353,105 @@ def pod_histories(parsed: ParsedRange, unit: Unit) -> tuple[dict[PodKey, UsageHi
         for key, steps in sums.items()
     }
     return histories, problems
+
+
+# --- Plausibility: readings no card can produce are dropped, not trusted ----------------------
+
+Figure = Literal["free", "used", "total"]
+RejectReason = Literal["negative", "above-total"]
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """One sample dropped from a reading: a free or used figure above the memory of the card
+    (or of the node's cards) it is about, or a negative figure. An exporter bug or a spoofed
+    series (free 1e308) would otherwise pass every pod on that node's live check."""
+
+    node: str
+    card: str | None  # the GPU UUID; None for a node-level sample
+    figure: Figure
+    mib: int
+    reason: RejectReason
+    limit_mib: int | None = None
+
+    def describe(self) -> str:
+        where = f"{self.node}/{self.card}" if self.card else self.node
+        # A 1e308 reading in full would be a 300-digit number in the log.
+        mib = f"{self.mib:.3g}" if abs(self.mib) >= 10**12 else str(self.mib)
+        if self.reason == "negative":
+            return f"{where}: {self.figure} {mib} MiB is negative: dropped"
+        limit = "the card total" if self.card else "the node's card total"
+        return f"{where}: {self.figure} {mib} MiB > {limit} {self.limit_mib} MiB: dropped"
+
+
+def plausible_reading(
+    reading: TelemetryReading, card_memory: Mapping[str, GfdCards | None]
+) -> tuple[TelemetryReading, list[Rejection]]:
+    """The reading without its implausible samples, and what was dropped.
+
+    A card's limit is its reported total (a non-negative one), else its GPU Feature Discovery
+    memory (card_memory, by Node name); a node's is its reported total, else GFD memory times
+    the card count. Free and used above the limit, and any negative figure, are dropped; a
+    figure with no known limit is kept unless negative. A dropped sample leaves the node or
+    card without live telemetry, which the policy's staleMode then decides.
+    """
+    rejections: list[Rejection] = []
+
+    def vet(
+        node: str, card: str | None, figure: Figure, sample: Sample | None, limit: int | None
+    ) -> Sample | None:
+        if sample is None:
+            return None
+        if sample.mib < 0:
+            rejections.append(Rejection(node, card, figure, sample.mib, "negative"))
+            return None
+        if figure != "total" and limit is not None and sample.mib > limit:
+            rejections.append(Rejection(node, card, figure, sample.mib, "above-total", limit))
+            return None
+        return sample
+
+    cards: dict[str, dict[str, CardSample]] = {}
+    for node, by_uuid in reading.cards.items():
+        gfd = card_memory.get(node)
+        kept: dict[str, CardSample] = {}
+        for uuid, card in by_uuid.items():
+            total = vet(node, uuid, "total", card.total, None)
+            limit = total.mib if total is not None else (gfd.memory_mib if gfd else None)
+            kept[uuid] = CardSample(
+                card.uuid,
+                card.index,
+                vet(node, uuid, "free", card.free, limit),
+                vet(node, uuid, "used", card.used, limit),
+                total,
+            )
+        cards[node] = kept
+
+    def node_limit(node: str, total: Sample | None) -> int | None:
+        if total is not None:
+            return total.mib
+        gfd = card_memory.get(node)
+        if gfd is None or gfd.count == 0:
+            return None
+        return gfd.memory_mib * (gfd.count if gfd.count is not None else 1)
+
+    totals = {
+        node: kept
+        for node, sample in reading.total.items()
+        if (kept := vet(node, None, "total", sample, None)) is not None
+    }
+    free = {
+        node: kept
+        for node, sample in reading.free.items()
+        if (kept := vet(node, None, "free", sample, node_limit(node, totals.get(node)))) is not None
+    }
+    used = {
+        node: kept
+        for node, sample in reading.used.items()
+        if (kept := vet(node, None, "used", sample, node_limit(node, totals.get(node)))) is not None
+    }
+    if not rejections:
+        return reading, []
+    return (
+        replace(reading, free=free, used=used, total=totals, cards=cards),
+        rejections,
+    )

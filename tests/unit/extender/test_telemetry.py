@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -16,11 +17,12 @@ from extender.telemetry_parse import (
     Unit,
     device_figures,
     parse_vector,
+    plausible_reading,
     pod_samples,
     sample_times,
 )
 from gpumem.policy import Telemetry
-from gpumem.state import CardSample, Sample
+from gpumem.state import CardSample, Sample, TelemetryReading
 from tests.unit.extender.factories import NOW, make_node, make_pod, make_policy
 from tests.unit.extender.prometheus_answers import (
     EVAL,
@@ -389,3 +391,73 @@ def test_pod_exporter_node_without_gpu_processes_is_fresh_and_unused() -> None:
     node = store.snapshot().node("gpu-1")
     assert node.live.free_mib == 24000
     assert node.live.age(NOW) == 0
+
+
+def rejected_count(metrics: ExtenderMetrics, figure: str, reason: str) -> float:
+    value = metrics.registry.get_sample_value(
+        "vramguard_extender_telemetry_rejected_samples_total",
+        {"figure": figure, "reason": reason},
+    )
+    return value or 0.0
+
+
+# (A negative series never gets this far: parse_vector skips it as a bad value.)
+@pytest.mark.parametrize(("free", "reason"), [("1e308", "above-total"), ("15361", "above-total")])
+def test_implausible_free_is_dropped_and_counted(
+    free: str, reason: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 17: free 1e308 MiB was trusted, so the node passed every pod's live check."""
+    policy = make_policy(staleMode="deny")
+    store = ClusterStore(policy, clock=lambda: NOW)
+    # A T4 as GPU Feature Discovery labels it: 15360 MiB, one card.
+    store.replace_nodes(
+        [
+            make_node("gpu-1", allocatable_mib=14000, gfd_memory_mib=15360, gfd_count=1),
+            make_node("gpu-2", allocatable_mib=14000, gfd_memory_mib=15360, gfd_count=1),
+        ]
+    )
+    store.replace_pods([])
+    metrics = ExtenderMetrics()
+    prometheus = FakePrometheus(dcgm_answers({"gpu-1": free, "gpu-2": "15360"}))
+    poller = TelemetryPoller(prometheus, store, lambda: policy, metrics, clock=lambda: NOW)
+
+    with caplog.at_level(logging.WARNING, logger="extender.telemetry"):
+        assert poller.poll_once()
+
+    assert store.snapshot().node("gpu-1").live is None  # no live figure: staleMode decides
+    assert store.snapshot().node("gpu-2").live.free_mib == 15360  # at the total: plausible
+    # The card's series (it carries a UUID) and the node's sum of it.
+    assert rejected_count(metrics, "free", reason) == 2
+    logged = " ".join(r.getMessage() for r in caplog.records)
+    assert f"gpu-1: free {'1e+308' if free == '1e308' else free} MiB" in logged
+    assert "dropped" in logged
+
+
+def test_card_free_above_its_reported_total_is_dropped() -> None:
+    now = NOW
+    card = CardSample(
+        "GPU-0", "0", free=Sample(99999, now), used=Sample(100, now), total=Sample(15360, now)
+    )
+    good = CardSample(
+        "GPU-1", "1", free=Sample(15000, now), used=Sample(360, now), total=Sample(15360, now)
+    )
+    reading = TelemetryReading(
+        source="dcgm",
+        fetched_at=now,
+        free={"n": Sample(114999, now)},
+        used={"n": Sample(460, now)},
+        cards={"n": {"GPU-0": card, "GPU-1": good}},
+    )
+
+    vetted, rejections = plausible_reading(reading, {"n": None})
+
+    assert vetted.cards["n"]["GPU-0"].free is None
+    assert vetted.cards["n"]["GPU-0"].used == Sample(100, now)
+    assert vetted.cards["n"]["GPU-1"] == good
+    assert [(r.card, r.figure, r.reason, r.limit_mib) for r in rejections] == [
+        ("GPU-0", "free", "above-total", 15360)
+    ]
+    # Without a node total or GFD labels the node sum has no known limit: kept.
+    assert vetted.free == reading.free
+    plain = replace(reading, cards={"n": {"GPU-1": good}}, free={})
+    assert plausible_reading(plain, {}) == (plain, [])
