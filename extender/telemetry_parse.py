@@ -435,19 +435,21 @@ def plausible_reading(
         return gfd.memory_mib * (gfd.count if gfd.count is not None else 1)
 
     totals = {
-        node: kept
+        node: vetted
         for node, sample in reading.total.items()
-        if (kept := vet(node, None, "total", sample, None)) is not None
+        if (vetted := vet(node, None, "total", sample, None)) is not None
     }
     free = {
-        node: kept
+        node: vetted
         for node, sample in reading.free.items()
-        if (kept := vet(node, None, "free", sample, node_limit(node, totals.get(node)))) is not None
+        if (vetted := vet(node, None, "free", sample, node_limit(node, totals.get(node))))
+        is not None
     }
     used = {
-        node: kept
+        node: vetted
         for node, sample in reading.used.items()
-        if (kept := vet(node, None, "used", sample, node_limit(node, totals.get(node)))) is not None
+        if (vetted := vet(node, None, "used", sample, node_limit(node, totals.get(node))))
+        is not None
     }
     if not rejections:
         return reading, []

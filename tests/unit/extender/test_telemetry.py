@@ -424,8 +424,12 @@ def test_implausible_free_is_dropped_and_counted(
     with caplog.at_level(logging.WARNING, logger="extender.telemetry"):
         assert poller.poll_once()
 
-    assert store.snapshot().node("gpu-1").live is None  # no live figure: staleMode decides
-    assert store.snapshot().node("gpu-2").live.free_mib == 15360  # at the total: plausible
+    dropped, kept = store.snapshot().node("gpu-1"), store.snapshot().node("gpu-2")
+    assert dropped is not None
+    assert kept is not None
+    assert kept.live is not None
+    assert dropped.live is None  # no live figure: staleMode decides
+    assert kept.live.free_mib == 15360  # at the total: plausible
     # The card's series (it carries a UUID) and the node's sum of it.
     assert rejected_count(metrics, "free", reason) == 2
     logged = " ".join(r.getMessage() for r in caplog.records)
