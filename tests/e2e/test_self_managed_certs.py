@@ -39,7 +39,7 @@ import yaml
 from cryptography import x509
 
 from certs.rotation import CA_BUNDLE, PHASE, ROTATE, issuer_of
-from tests.unit.manifests.conftest import DEFAULT, KUSTOMIZE, install_directory
+from tests.unit.manifests.conftest import DEFAULT, KUSTOMIZE, downward_env, install_directory
 
 from .harness import ClusterBase, ControlPlane, ManagedProcess, free_port
 from .harness.manifests import (
@@ -166,12 +166,12 @@ def webhook(control_plane: ClusterBase, installed: Installed, core_v1: Any) -> I
         "--log-format=text",
         *(f"{flag}={value}" for flag, value in FAST_TIMINGS.items()),
     ]
-    env = {"PYTHONUNBUFFERED": "1", "NO_PROXY": LOCALHOST, "no_proxy": LOCALHOST}
-    for entry in container.get("env") or []:
-        if entry.get("valueFrom") == {"fieldRef": {"fieldPath": "metadata.namespace"}}:
-            env[entry["name"]] = namespace  # the downward API
-        else:
-            env[entry["name"]] = str(entry["value"])
+    env = {
+        "PYTHONUNBUFFERED": "1",
+        "NO_PROXY": LOCALHOST,
+        "no_proxy": LOCALHOST,
+        **downward_env(spec, container["name"], namespace),
+    }
     process = ManagedProcess(
         "vramguard-webhook-self-managed",
         [sys.executable, "-m", "webhook", *args],

@@ -8,6 +8,7 @@ turns a missing tool into a failure, so that in CI nothing skips.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shutil
@@ -20,6 +21,8 @@ from typing import Any, NoReturn
 
 import pytest
 import yaml
+
+from gpumem.quantity import parse_quantity
 
 REPO = Path(__file__).resolve().parents[3]
 MAKEFILE = REPO / "Makefile"
@@ -87,6 +90,30 @@ def named(docs: list[K8sObject], kind: str, name: str) -> K8sObject:
     matches = [d for d in of_kind(docs, kind) if d["metadata"]["name"] == name]
     assert len(matches) == 1, f"expected exactly one {kind}/{name}, found {len(matches)}"
     return matches[0]
+
+
+def downward_env(pod_spec: Mapping[str, Any], container: str, namespace: str) -> dict[str, str]:
+    """A container's environment as the kubelet gives it: literal values, and the downward
+    API's namespace and resource fields (a resource in units of its divisor, rounded up as
+    the kubelet rounds). Any other source fails: the tests would not know its value."""
+    (spec,) = [c for c in pod_spec["containers"] if c["name"] == container]
+    env: dict[str, str] = {}
+    for entry in spec.get("env") or []:
+        source = entry.get("valueFrom")
+        if source is None:
+            env[entry["name"]] = str(entry["value"])
+        elif source == {"fieldRef": {"fieldPath": "metadata.namespace"}}:
+            env[entry["name"]] = namespace
+        elif "resourceFieldRef" in source:
+            field = source["resourceFieldRef"]
+            (target,) = [c for c in pod_spec["containers"] if c["name"] == field["containerName"]]
+            kind, name = field["resource"].split(".", 1)
+            value = parse_quantity(str(target["resources"][kind][name]))
+            divisor = parse_quantity(str(field.get("divisor", "1")))
+            env[entry["name"]] = str(math.ceil(value / divisor))
+        else:
+            raise AssertionError(f"{container}: no value known for {entry}")
+    return env
 
 
 def base_objects() -> list[K8sObject]:

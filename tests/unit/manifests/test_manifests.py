@@ -8,6 +8,7 @@ Alert rules are checked with promtool when it is installed.
 from __future__ import annotations
 
 import base64
+import copy
 import re
 import subprocess
 import typing
@@ -30,6 +31,7 @@ from .conftest import (
     REPO,
     K8sObject,
     cache_root,
+    downward_env,
     load_all,
     missing_tool,
     named,
@@ -374,21 +376,38 @@ def test_webhook_deployment_is_highly_available(base: list[K8sObject]) -> None:
 def webhook_settings(deployment: K8sObject) -> Any:
     """The webhook's Settings from the Deployment's command line and environment, as the
     process would read them (the downward API's namespace filled in)."""
-    from webhook.settings import Settings  # noqa: PLC0415
+    from webhook.settings import ENV_PREFIX, Settings  # noqa: PLC0415
 
     webhook = container(deployment, "webhook")
     args = command_line(webhook)
     assert args[:3] == ["python", "-m", "webhook"]
     given: dict[str, Any] = {}
-    for entry in webhook.get("env") or []:
-        if entry["name"] == "POD_NAMESPACE":
-            assert entry["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
-            given["namespace"] = deployment["metadata"]["namespace"]
+    env = downward_env(
+        deployment["spec"]["template"]["spec"], "webhook", deployment["metadata"]["namespace"]
+    )
+    for name, value in env.items():
+        if name == "POD_NAMESPACE":
+            given["namespace"] = value
+        elif name.startswith(ENV_PREFIX):
+            given[name.removeprefix(ENV_PREFIX).lower()] = value
     options = iter(args[3:])
     for option in options:
         assert option.startswith("--"), args
         given[option[2:].replace("-", "_")] = next(options)
     return Settings(**given)
+
+
+def test_the_webhooks_caps_follow_its_memory_limit(base: list[K8sObject]) -> None:
+    """The largest body and the most connections it accepts are derived from the container's
+    memory limit, which the Deployment passes with the downward API."""
+    deployment = named(base, "Deployment", "vramguard-webhook")
+    settings = webhook_settings(deployment)
+    limit = container(deployment, "webhook")["resources"]["limits"]["memory"]
+    assert limit == "256Mi"
+    assert settings.memory_limit_mib == 256
+    bigger = copy.deepcopy(deployment)
+    container(bigger, "webhook")["resources"]["limits"]["memory"] = "1Gi"
+    assert webhook_settings(bigger).connection_limit() > settings.connection_limit()
 
 
 def assert_webhook_reads_its_files(docs: list[K8sObject], *, self_managed: bool) -> None:
