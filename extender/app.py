@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import math
 import time
@@ -114,7 +115,7 @@ class BadRequest(Exception):
 
 def create_app(settings: Settings, deps: ExtenderDeps) -> Starlette:
     deps.metrics.observe_store(deps.store, deps.clock)
-    endpoints = Endpoints(deps)
+    endpoints = Endpoints(deps, max_preemption_nodes=settings.max_preemption_nodes)
 
     def verb(path: str, name: str, handler: Handler, method: str = "POST") -> Route:
         return Route(path, endpoints.instrumented(name, handler), methods=[method])
@@ -175,8 +176,9 @@ class Probes:
 
 
 class Endpoints(Probes):
-    def __init__(self, deps: ExtenderDeps) -> None:
+    def __init__(self, deps: ExtenderDeps, *, max_preemption_nodes: int = 1000) -> None:
         super().__init__(deps)
+        self._max_preemption_nodes = max_preemption_nodes
         self._binds = BindCoordinator(deps.store, deps.binder, deps.clock)
         self._stale_logged_at = -math.inf
 
@@ -263,7 +265,8 @@ class Endpoints(Probes):
         return json_model(ExtenderBindingResult(error=outcome.error))
 
     async def preempt(self, request: Request) -> Response:
-        args = await parse(request, ExtenderPreemptionArgs)
+        body = await request.body()
+        args, left_out = parse_preemption(body, self._max_preemption_nodes)
         policy = self._deps.policy.current
         victims = args.victims_by_node()
         vetting = vet_preemption(
@@ -275,8 +278,27 @@ class Endpoints(Probes):
             gpumem_resource=policy.resource_names.gpumem,
         )
         pod = "/".join(pod_key(args.pod))
-        for node, reason in vetting.refused.items():
-            log.info("preemption for %s on %s refused: %s", pod, node, reason)
+        # One line per preemption, not one per node: a big cluster proposes thousands.
+        if vetting.refused:
+            node, reason = next(iter(vetting.refused.items()))
+            log.info(
+                "preemption for %s refused on %d of %d node(s) (%s: %s)",
+                pod,
+                len(vetting.refused),
+                len(victims),
+                node,
+                reason,
+            )
+        if left_out:
+            self._metrics.preemption_nodes_left_out.inc(left_out)
+            log.warning(
+                "preemption for %s: %d candidate node(s) left out, beyond the %d vetted "
+                "(VRAMGUARD_EXTENDER_MAX_PREEMPTION_NODES; fewest PDB violations, then fewest "
+                "victims, first)",
+                pod,
+                left_out,
+                self._max_preemption_nodes,
+            )
         return json_model(
             ExtenderPreemptionResult(
                 node_name_to_meta_victims={node: victims[node] for node in vetting.kept}
@@ -373,6 +395,52 @@ async def parse(request: Request, model: type[M]) -> M:
         return model.model_validate_json(body)
     except ValidationError as err:
         raise BadRequest(f"malformed {model.__name__}: {describe_validation(err)}") from err
+
+
+PREEMPTION_MAPS = ("NodeNameToVictims", "NodeNameToMetaVictims")
+
+
+def parse_preemption(body: bytes, limit: int) -> tuple[ExtenderPreemptionArgs, int]:
+    """ExtenderPreemptionArgs with at most `limit` candidate nodes (both forms together), and
+    how many were left out. The candidates kept are the scheduler's best by its own order:
+    fewest PDB violations, then fewest victims, then name. Only the kept ones are validated:
+    100,000 proposed nodes would otherwise take seconds to read and vet."""
+    try:
+        raw = json.loads(body)
+    except ValueError as err:
+        raise BadRequest(f"malformed ExtenderPreemptionArgs: invalid JSON: {err}") from err
+    left_out = 0
+    if isinstance(raw, dict):
+        entries: list[tuple[tuple[int, int, str], str, str]] = []
+        for key in PREEMPTION_MAPS:
+            victims = raw.get(key)
+            if isinstance(victims, dict) and victims:
+                entries.extend(
+                    (_preemption_rank(name, v), key, name) for name, v in victims.items()
+                )
+        if len(entries) > limit:
+            entries.sort()
+            kept: dict[str, dict[str, Any]] = {key: {} for key in PREEMPTION_MAPS}
+            for _, key, name in entries[:limit]:
+                kept[key][name] = raw[key][name]
+            left_out = len(entries) - limit
+            raw = {**raw, **kept}
+    try:
+        return ExtenderPreemptionArgs.model_validate(raw), left_out
+    except ValidationError as err:
+        raise BadRequest(f"malformed ExtenderPreemptionArgs: {describe_validation(err)}") from err
+
+
+def _preemption_rank(name: str, victims: object) -> tuple[int, int, str]:
+    if not isinstance(victims, dict):
+        return (0, 0, name)  # validated (and refused) if kept
+    violations = victims.get("NumPDBViolations")
+    pods = victims.get("Pods")
+    return (
+        violations if isinstance(violations, int) else 0,
+        len(pods) if isinstance(pods, list) else 0,
+        name,
+    )
 
 
 def describe_validation(err: ValidationError, limit: int = 5) -> str:

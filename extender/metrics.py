@@ -59,6 +59,12 @@ class ExtenderMetrics:
             ["result"],
             registry=r,
         )
+        self.preemption_nodes_left_out = Counter(
+            PREFIX + "preemption_nodes_left_out_total",
+            "Candidate nodes /preempt left out of its answer, beyond the most it vets "
+            "(VRAMGUARD_EXTENDER_MAX_PREEMPTION_NODES).",
+            registry=r,
+        )
         self.telemetry_rejected = Counter(
             PREFIX + "telemetry_rejected_samples_total",
             "Telemetry samples dropped as implausible: free or used above the card's total "

@@ -34,6 +34,14 @@ class Settings(BaseSettings):
     watch_timeout_seconds: int = Field(default=300, ge=10, le=3600)
     bind_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
     reservation_sweep_seconds: float = Field(default=1.0, gt=0, le=3600)
+    max_preemption_nodes: int = Field(
+        default=1000,
+        ge=1,
+        le=1_000_000,
+        description="Candidate nodes /preempt vets at most (fewest PDB violations, then fewest "
+        "victims, first); the others are left out of its answer, logged and counted. 100,000 "
+        "nodes would take seconds against the scheduler's timeout.",
+    )
     max_body_bytes: int = Field(
         default=256 * 1024 * 1024, gt=0, description="Largest request body (NodeLists are big)."
     )
