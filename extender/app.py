@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import math
 import time
@@ -20,6 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Seque
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
+import orjson
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
@@ -38,8 +38,6 @@ from extender.models import (
     ExtenderFilterResult,
     ExtenderPreemptionArgs,
     ExtenderPreemptionResult,
-    HostPriority,
-    HostPriorityList,
     node_name,
     pod_key,
     pod_uid,
@@ -183,7 +181,7 @@ class Endpoints(Probes):
         self._stale_logged_at = -math.inf
 
     async def filter(self, request: Request) -> Response:
-        args = await parse(request, ExtenderArgs)
+        args = await parse_extender_args(request)
         policy = self._deps.policy.current
         demand = read_pod(args.pod, policy)
         namespace, name = pod_key(args.pod)
@@ -202,24 +200,27 @@ class Endpoints(Probes):
         # model_construct: the result is built from validated data, and validating a
         # thousand node names again would cost more than the fit rule.
         if args.nodes is None:
-            body = ExtenderFilterResult.model_construct(
-                nodes=None,
-                node_names=list(result.passed),
-                failed_nodes=result.failed,
-                failed_and_unresolvable_nodes=result.unresolvable,
-                error="",
+            # ExtenderFilterResult's wire form, encoded directly: a model of thousands of
+            # names costs more to serialize than the fit rule does to decide them.
+            return json_bytes(
+                {
+                    "Nodes": None,
+                    "NodeNames": list(result.passed),
+                    "FailedNodes": result.failed,
+                    "FailedAndUnresolvableNodes": result.unresolvable,
+                    "Error": "",
+                }
             )
-        else:
-            # The passing subset in the form it came in, every field of each Node kept.
-            passed = set(result.passed)
-            items = [node for node in args.nodes.items if node_name(node) in passed]
-            body = ExtenderFilterResult.model_construct(
-                nodes=args.nodes.model_copy(update={"items": items}),
-                node_names=None,
-                failed_nodes=result.failed,
-                failed_and_unresolvable_nodes=result.unresolvable,
-                error="",
-            )
+        # The passing subset in the form it came in, every field of each Node kept.
+        passed = set(result.passed)
+        items = [node for node in args.nodes.items if node_name(node) in passed]
+        body = ExtenderFilterResult.model_construct(
+            nodes=args.nodes.model_copy(update={"items": items}),
+            node_names=None,
+            failed_nodes=result.failed,
+            failed_and_unresolvable_nodes=result.unresolvable,
+            error="",
+        )
         return json_model(body)
 
     def _count_filter(self, result: FilterResult, pod: str) -> None:
@@ -243,7 +244,7 @@ class Endpoints(Probes):
             metrics.stale_decisions.labels(mode="deny").inc(stale_refusals)
 
     async def prioritize(self, request: Request) -> Response:
-        args = await parse(request, ExtenderArgs)
+        args = await parse_extender_args(request)
         policy = self._deps.policy.current
         scores = score_nodes(
             read_pod(args.pod, policy),
@@ -252,10 +253,8 @@ class Endpoints(Probes):
             policy.extender,
             self._clock(),
         )
-        return Response(
-            HostPriorityList.dump_json([HostPriority(Host=h, Score=s) for h, s in scores]),
-            media_type="application/json",
-        )
+        # HostPriorityList's wire form, encoded directly (see filter).
+        return json_bytes([{"Host": host, "Score": score} for host, score in scores])
 
     async def bind(self, request: Request) -> Response:
         args = await parse(request, ExtenderBindingArgs)
@@ -406,9 +405,10 @@ def parse_preemption(body: bytes, limit: int) -> tuple[ExtenderPreemptionArgs, i
     fewest PDB violations, then fewest victims, then name. Only the kept ones are validated:
     100,000 proposed nodes would otherwise take seconds to read and vet."""
     try:
-        raw = json.loads(body)
-    except ValueError as err:
-        raise BadRequest(f"malformed ExtenderPreemptionArgs: invalid JSON: {err}") from err
+        raw = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raw = None
+    trimmed = None
     left_out = 0
     if isinstance(raw, dict):
         entries: list[tuple[tuple[int, int, str], str, str]] = []
@@ -424,9 +424,11 @@ def parse_preemption(body: bytes, limit: int) -> tuple[ExtenderPreemptionArgs, i
             for _, key, name in entries[:limit]:
                 kept[key][name] = raw[key][name]
             left_out = len(entries) - limit
-            raw = {**raw, **kept}
+            trimmed = {**raw, **kept}
     try:
-        return ExtenderPreemptionArgs.model_validate(raw), left_out
+        if trimmed is None:  # as sent: the model reads the JSON and names any bad field
+            return ExtenderPreemptionArgs.model_validate_json(body), 0
+        return ExtenderPreemptionArgs.model_validate(trimmed), left_out
     except ValidationError as err:
         raise BadRequest(f"malformed ExtenderPreemptionArgs: {describe_validation(err)}") from err
 
@@ -441,6 +443,35 @@ def _preemption_rank(name: str, victims: object) -> tuple[int, int, str]:
         len(pods) if isinstance(pods, list) else 0,
         name,
     )
+
+
+async def parse_extender_args(request: Request) -> ExtenderArgs:
+    """ExtenderArgs, decoding only what the verbs read: the body as JSON (orjson), and where it
+    has the nodeCacheCapable shape (a Pod object, NodeNames a list of strings, no Nodes) the
+    model built without validating it again; any other shape goes through the model, whose
+    errors name the bad field. The pod stays a raw dict either way (gpumem.demand reads it)."""
+    body = await request.body()
+    try:
+        raw = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raw = None  # the model says what is wrong with it
+    if isinstance(raw, dict):
+        pod, names = raw.get("Pod"), raw.get("NodeNames")
+        if (
+            isinstance(pod, dict)
+            and raw.get("Nodes") is None
+            and isinstance(names, list)
+            and all(type(name) is str for name in names)
+        ):
+            return ExtenderArgs.model_construct(pod=pod, nodes=None, node_names=names)
+    try:
+        return ExtenderArgs.model_validate_json(body)
+    except ValidationError as err:
+        raise BadRequest(f"malformed ExtenderArgs: {describe_validation(err)}") from err
+
+
+def json_bytes(content: object) -> Response:
+    return Response(orjson.dumps(content), media_type="application/json")
 
 
 def describe_validation(err: ValidationError, limit: int = 5) -> str:
