@@ -461,7 +461,7 @@ async def parse_extender_args(request: Request) -> ExtenderArgs:
             isinstance(pod, dict)
             and raw.get("Nodes") is None
             and isinstance(names, list)
-            and all(type(name) is str for name in names)
+            and set(map(type, names)) <= {str}
         ):
             return ExtenderArgs.model_construct(pod=pod, nodes=None, node_names=names)
     try:

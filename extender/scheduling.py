@@ -151,7 +151,8 @@ def score_nodes(
                 and start <= now < end
                 and now - sampled_at <= max_age
             ):
-                headrooms.append(min(room - need, live_room))
+                declared_room = room - need
+                headrooms.append(declared_room if declared_room < live_room else live_room)
                 continue
         elif node is not None and node.quick_cards is not None:
             headroom = cards_quick_headroom(node.quick_cards, need, floor, max_age, now)
@@ -160,19 +161,23 @@ def score_nodes(
                 continue
         refusal, room, _ = evaluate(need, node, limits, now, NO_RELIEF)
         headrooms.append(None if refusal is not None else max(0, room))
-    largest = max((h for h in headrooms if h is not None), default=0)
+    largest = max([h for h in headrooms if h is not None], default=0)
     span = MAX_EXTENDER_PRIORITY - MIN_EXTENDER_PRIORITY - 1
     binpack = settings.scoring == "binpack"
-    scores = []
-    for name, headroom in zip(candidates, headrooms, strict=True):
-        if headroom is None:
-            scores.append((name, MIN_EXTENDER_PRIORITY))
-            continue
-        share = headroom / largest if largest > 0 else 0.0
-        if binpack:
-            share = 1.0 - share
-        scores.append((name, MIN_EXTENDER_PRIORITY + 1 + round(span * share)))
-    return scores
+    lowest, base = MIN_EXTENDER_PRIORITY, MIN_EXTENDER_PRIORITY + 1
+    pairs = zip(candidates, headrooms, strict=True)
+    # share = headroom / largest (binpack: 1 - that), in comprehensions: one per candidate.
+    if largest <= 0:
+        fitting = base + round(span * (1.0 if binpack else 0.0))
+        return [(name, lowest if h is None else fitting) for name, h in pairs]
+    if binpack:
+        return [
+            (name, lowest if h is None else base + round(span * (1.0 - h / largest)))
+            for name, h in pairs
+        ]
+    return [
+        (name, lowest if h is None else base + round(span * (h / largest))) for name, h in pairs
+    ]
 
 
 def vet_preemption(
