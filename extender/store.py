@@ -172,6 +172,10 @@ class ClusterStore:
             else:
                 self._pod_nodes[key] = bound[1]
             old = self._pods.get(uid)
+            if old is not None and old == record and uid not in self._reservations:
+                # An update of nothing the rule reads (a status heartbeat, a label, the
+                # kubelet's container states): the node's state stays as built.
+                return
             if old is not None:
                 self._remove_pod_locked(old)
                 touched.add(old.node or "")

@@ -67,6 +67,27 @@ def test_pod_added_modified_deleted() -> None:
     assert [p.name for p in store.snapshot().node("gpu-1").pods] == ["b"]
 
 
+def test_an_update_of_nothing_the_rule_reads_keeps_the_node_state() -> None:
+    """A status heartbeat or a label on a bound GPU pod changes no figure: the node's state is
+    not rebuilt (the object published before is kept), so the watch's churn costs no rebuild."""
+    store = store_with(make_node("gpu-1", allocatable_mib=14000))
+    pod = make_pod("a", 3000, node="gpu-1")
+    store.apply_pod_event("ADDED", pod)
+    before = store.snapshot().node("gpu-1")
+
+    relabelled = make_pod("a", 3000, node="gpu-1")
+    relabelled["metadata"]["labels"] = {"app": "a", "heartbeat": "2"}
+    relabelled["metadata"]["resourceVersion"] = "4712"
+    store.apply_pod_event("MODIFIED", relabelled)
+    assert store.snapshot().node("gpu-1") is before
+
+    store.apply_pod_event("MODIFIED", make_pod("a", 3000, node="gpu-1", started_at=None))
+    after = store.snapshot().node("gpu-1")
+    assert after is not before  # its warm-up changed: rebuilt
+    assert after is not None
+    assert after.declared_mib == 3000
+
+
 @pytest.mark.parametrize("phase", ["Succeeded", "Failed"])
 def test_finished_pods_drop_out(phase: str) -> None:
     store = store_with(make_node("gpu-1", allocatable_mib=14000))
