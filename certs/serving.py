@@ -127,12 +127,18 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         self._header_bytes = 0
         self._in_headers = False
         self._made = False
+        # Bytes the TLS layer delivered before the hand-over (see data_received).
+        self._early: list[bytes] = []
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._made = True
         super().connection_made(transport)
         self._in_headers = True
         self._arm(self.limits.header_timeout, "header-timeout")
+        early, self._early = self._early, []
+        for data in early:
+            if not transport.is_closing():
+                self.data_received(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         # start_tls's SSL protocol reports a failed handshake to this protocol too, which
@@ -146,6 +152,11 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if not self._made:
+            # start_tls's SSL protocol passes on the request that came right behind the
+            # handshake before start_tls has returned, so before connection_made.
+            self._early.append(data)
+            return
         if self._in_headers:
             if self._deadline is None:  # the first bytes of a later request
                 self._arm(self.limits.header_timeout, "header-timeout")

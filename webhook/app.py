@@ -85,16 +85,15 @@ def create_app(settings: Settings, deps: Dependencies) -> Starlette:
     metrics = deps.metrics
     metrics.cluster_synced.set_function(lambda: float(deps.cluster.synced))
     body_limit = settings.body_limit()
-    # Bodies held in memory at once; the others wait with their bytes in the socket buffers
-    # (uvicorn stops reading a connection at 64 KiB until the app asks for more). Parsing
-    # and deciding are synchronous, so one review at a time is parsed whatever this is.
-    readers = asyncio.Semaphore(settings.max_concurrent_reviews)
+    # The bytes of all bodies being read, together: many large bodies at once are refused
+    # (503) rather than waited for, so that slow senders cannot hold everyone else back.
+    # Parsing and deciding are synchronous: one review at a time is parsed whatever this is.
+    buffered = _BodyBudget(settings.max_buffered_bodies * body_limit)
 
     async def mutate(request: Request) -> Response:
         started = time.perf_counter()
         try:
-            async with readers:
-                body = await _read_body(request, body_limit, metrics)
+            body = await _read_body(request, body_limit, buffered, metrics)
             admission = parse_review(body)
             del body  # the parsed review is what the rest needs; the bytes can go now
         except ClientDisconnect:
@@ -180,7 +179,17 @@ def create_app(settings: Settings, deps: Dependencies) -> Starlette:
     )
 
 
-async def _read_body(request: Request, limit: int, metrics: WebhookMetrics) -> bytes:
+class _BodyBudget:
+    """Bytes of request bodies held in memory by this app, all requests together."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+
+async def _read_body(
+    request: Request, limit: int, budget: _BodyBudget, metrics: WebhookMetrics
+) -> bytes:
     """The body of an application/json request of at most `limit` bytes."""
     content_type = request.headers.get("content-type", "")
     media_type = content_type.split(";", 1)[0].strip().lower()
@@ -198,15 +207,25 @@ async def _read_body(request: Request, limit: int, metrics: WebhookMetrics) -> b
         )
     chunks = []
     size = 0
-    # Streamed, so a body without (or lying about) Content-Length is cut off at the limit.
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            metrics.oversized_bodies.labels("streamed").inc()
-            raise RequestRejected(
-                HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body is over the {limit} byte limit"
-            )
-        chunks.append(chunk)
+    try:
+        # Streamed, so a body without (or lying about) Content-Length is cut off at the limit.
+        async for chunk in request.stream():
+            size += len(chunk)
+            budget.used += len(chunk)
+            if size > limit:
+                metrics.oversized_bodies.labels("streamed").inc()
+                raise RequestRejected(
+                    HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body is over the {limit} byte limit"
+                )
+            if budget.used > budget.limit:
+                metrics.errors.labels("busy").inc()
+                raise RequestRejected(
+                    HTTPStatus.SERVICE_UNAVAILABLE,
+                    "too many large reviews are being read at once; retry",
+                )
+            chunks.append(chunk)
+    finally:
+        budget.used -= size
     if not size:
         raise RequestRejected(HTTPStatus.BAD_REQUEST, "body is empty; expected an AdmissionReview")
     return b"".join(chunks)
@@ -230,7 +249,7 @@ def _rejected(err: RequestRejected, metrics: WebhookMetrics, started: float) -> 
     )
     # After a 413 the rest of the body is still on its way: closing the connection stops it
     # instead of reading (and discarding) it.
-    close = err.status == HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+    close = err.status in (HTTPStatus.REQUEST_ENTITY_TOO_LARGE, HTTPStatus.SERVICE_UNAVAILABLE)
     return Response(
         responses.failure_status_json(err.status.value, err.message),
         status_code=err.status.value,

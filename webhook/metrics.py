@@ -57,7 +57,8 @@ class WebhookMetrics:
             "vramguard_webhook_errors",
             "Requests that failed: invalid (4xx, not a usable AdmissionReview), internal "
             "(an unexpected error while deciding; the pod was not admitted) or disconnected "
-            "(the caller left, or a body deadline closed it, before the whole body came).",
+            "(the caller left, or a body deadline closed it, before the whole body came) or "
+            "busy (503: the bodies being read were over --max-buffered-bodies' budget).",
             ["kind"],
             registry=self.registry,
         )
@@ -93,7 +94,7 @@ class WebhookMetrics:
         )
         for decision in ("patched", "allowed", "denied", "errored", "invalid"):
             self.requests.labels(decision)
-        for kind in ("invalid", "internal", "disconnected"):
+        for kind in ("invalid", "internal", "disconnected", "busy"):
             self.errors.labels(kind)
         for detected in ("content-length", "streamed"):
             self.oversized_bodies.labels(detected)

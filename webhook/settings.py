@@ -35,20 +35,20 @@ PARSE_AMPLIFICATION = 32
 SLACK_MIB = 16
 
 
-def default_body_limit(memory_limit_mib: int, concurrent_reviews: int) -> int:
+def default_body_limit(memory_limit_mib: int, buffered_bodies: int) -> int:
     """The largest review that fits: kube-apiserver's request limit plus the envelope, or
     what half the memory left after the process allows for one parse and the bodies being
     read, if that is less (256 KiB at the least)."""
     wanted = APISERVER_MAX_REQUEST_BYTES + REVIEW_ENVELOPE_BYTES
     budget = (memory_limit_mib - BASE_RSS_MIB - SLACK_MIB) * MiB // 2
-    fits = budget // (PARSE_AMPLIFICATION + concurrent_reviews)
+    fits = budget // (PARSE_AMPLIFICATION + buffered_bodies)
     return max(256 * 1024, min(wanted, fits))
 
 
 DEFAULT_MEMORY_LIMIT_MIB = 256
-DEFAULT_CONCURRENT_REVIEWS = 4
+DEFAULT_BUFFERED_BODIES = 4
 # The default body limit under the default memory limit (256 MiB): 2.44 MiB.
-MAX_BODY_BYTES = default_body_limit(DEFAULT_MEMORY_LIMIT_MIB, DEFAULT_CONCURRENT_REVIEWS)
+MAX_BODY_BYTES = default_body_limit(DEFAULT_MEMORY_LIMIT_MIB, DEFAULT_BUFFERED_BODIES)
 
 
 class Settings(BaseSettings):
@@ -106,10 +106,11 @@ class Settings(BaseSettings):
         "request limit plus the review's envelope, smaller if --memory-limit-mib is too small "
         "for it)",
     )
-    max_concurrent_reviews: Annotated[int, Field(ge=1, le=1024)] = Field(
-        default=DEFAULT_CONCURRENT_REVIEWS,
-        description="reviews whose bodies are read at the same time; the others wait their "
-        "turn (their bytes stay in the socket buffers)",
+    max_buffered_bodies: Annotated[int, Field(ge=1, le=1024)] = Field(
+        default=DEFAULT_BUFFERED_BODIES,
+        description="the bodies of all reviews being read are held to this many times "
+        "--max-body-bytes together; a review that would go over is answered 503 (real pods "
+        "are kilobytes: hundreds fit)",
     )
     max_connections: Annotated[int, Field(ge=1)] | None = Field(
         default=None,
@@ -223,13 +224,13 @@ class Settings(BaseSettings):
         """max_body_bytes, or its default for memory_limit_mib."""
         if self.max_body_bytes is not None:
             return self.max_body_bytes
-        return default_body_limit(self.memory_limit_mib, self.max_concurrent_reviews)
+        return default_body_limit(self.memory_limit_mib, self.max_buffered_bodies)
 
     def connection_limit(self) -> int:
         """max_connections, or its default for memory_limit_mib."""
         if self.max_connections is not None:
             return self.max_connections
-        reviews = self.body_limit() * (PARSE_AMPLIFICATION + self.max_concurrent_reviews) / MiB
+        reviews = self.body_limit() * (PARSE_AMPLIFICATION + self.max_buffered_bodies) / MiB
         left = self.memory_limit_mib - BASE_RSS_MIB - SLACK_MIB - reviews
         return max(16, int(left / CONNECTION_MIB))
 

@@ -190,7 +190,7 @@ def test_limits_default_to_what_fits_in_the_memory_limit() -> None:
         # What the defaults add up to, with the measured costs, stays under the limit.
         used = (
             BASE_RSS_MIB * MiB
-            + settings.body_limit() * (PARSE_AMPLIFICATION + settings.max_concurrent_reviews)
+            + settings.body_limit() * (PARSE_AMPLIFICATION + settings.max_buffered_bodies)
             + settings.connection_limit() * CONNECTION_MIB * MiB
         )
         assert used <= settings.memory_limit_mib * MiB
