@@ -185,11 +185,18 @@ def test_a_flood_of_idle_slow_and_oversized_callers_stays_under_the_memory_limit
     chunk = b"[" + b"{}," * 100_000
     answer = b""
     for _ in range(100):  # up to ~30 MiB of `{},{},...`
-        oversized.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        try:
+            oversized.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        except (ConnectionResetError, BrokenPipeError, ssl.SSLError):
+            # Closed right behind the 413; the reset may have discarded it (the metric
+            # below says what the server decided).
+            with contextlib.suppress(ConnectionResetError, ssl.SSLError, TimeoutError):
+                answer = oversized.recv(200)
+            break
         answer = answered(oversized)
         if answer:
             break
-    assert answer.startswith(b"HTTP/1.1 413 ")
+    assert not answer or answer.startswith(b"HTTP/1.1 413 ")
     oversized.close()
 
     # The kept-alive caller is answered throughout.
