@@ -64,9 +64,14 @@ LABEL org.opencontainers.image.title="vramguard" \
       org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.created="${CREATED}"
+# MALLOC_ARENA_MAX=2: glibc otherwise gives each thread that allocates (the webhook's watch
+# and to_thread workers, the extender's telemetry loop) an arena of its own, up to 8 per core,
+# and memory freed in one is not reused by the others: RSS grows with the thread count and
+# stays up after a burst. Two arenas bound that; the services are single event loops anyway.
 ENV PATH=/opt/vramguard/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1
+    PYTHONUNBUFFERED=1 \
+    MALLOC_ARENA_MAX=2
 COPY --from=builder /opt/vramguard /opt/vramguard
 # 65532: the conventional "nonroot" uid/gid. Numeric, so Kubernetes' runAsNonRoot can verify
 # it without an /etc/passwd entry; nothing in vramguard looks the user up. The node agent's
