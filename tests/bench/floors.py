@@ -131,21 +131,26 @@ def extender_app(binder: Any) -> Starlette:
 
 def serve_webhook(port: int, cert: Path, key: Path, patch: bytes | None) -> None:
     from certs.reloading import ReloadingTLS  # noqa: PLC0415
-    from certs.serving import build_server, run_server  # noqa: PLC0415
+    from certs.serving import ConnectionStats, build_server, run_server  # noqa: PLC0415
+    from webhook.__main__ import connection_limits  # noqa: PLC0415
     from webhook.settings import Settings  # noqa: PLC0415
 
-    defaults = Settings.model_fields
+    # The webhook's defaults (no validation: only the serving options are read), and the
+    # listener it builds from them: connection cap, TLS handshake under a deadline, header
+    # and body deadlines, header cap; the uvicorn options webhook/__main__.py passes.
+    settings = Settings.model_construct(tls_cert=cert, tls_key=key)
     tls = ReloadingTLS(cert, key)
-    # The uvicorn options webhook/__main__.py passes, with the webhook's default values.
     server = build_server(
         webhook_app(patch),
         LOCALHOST,
         port,
         tls,
         log_level="warning",
+        limits=connection_limits(settings),
+        stats=ConnectionStats(),
         access_log=False,
-        timeout_keep_alive=defaults["keep_alive_seconds"].default,
-        timeout_graceful_shutdown=defaults["graceful_shutdown_seconds"].default,
+        timeout_keep_alive=settings.keep_alive_seconds,
+        timeout_graceful_shutdown=settings.graceful_shutdown_seconds,
     )
     asyncio.run(run_server(server, tls))
 
