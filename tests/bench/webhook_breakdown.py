@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import threading
@@ -99,9 +100,14 @@ class Counters:
     def __init__(self, vramguard: LocalVramguard) -> None:
         text = vramguard.webhook_get("/metrics")
         self.values = {name: metric_value(text, name, {}) for name in self.NAMES}
+        pid = vramguard.webhook_process.pid
+        assert pid is not None
+        # utime + stime of the whole webhook process (TLS, HTTP, handler, logging), in ticks.
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        self.values["cpu_seconds"] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def minus(self, before: Counters) -> dict[str, float]:
-        return {name: self.values[name] - before.values[name] for name in self.NAMES}
+        return {name: self.values[name] - before.values[name] for name in self.values}
 
 
 def create(api: RawApi, names: Sequence[str], latencies: list[float]) -> None:
@@ -200,8 +206,9 @@ def through_apiserver(pods: int, rounds: int, threads: int) -> None:
                 return sum(d[f"vramguard_webhook_{name}"] for d in deltas)
 
             calls = total("requests_total")
-            # Less the /metrics scrapes' own connections (two per block).
-            handshakes = total("tls_handshakes_total") - 2 * len(deltas)
+            # Less the /metrics scrape's own connection (the one after each block).
+            handshakes = total("tls_handshakes_total") - len(deltas)
+            cpu = sum(d["cpu_seconds"] for d in deltas)
             resumed = total("tls_sessions_resumed_total")
             handler = total("request_duration_seconds_sum")
             with_p50 = statistics.median(results[(label, True)])
@@ -209,7 +216,8 @@ def through_apiserver(pods: int, rounds: int, threads: int) -> None:
             print(
                 f"{label}: {calls:.0f} webhook calls, {handshakes:.0f} new TLS handshakes "
                 f"({handshakes / max(calls, 1):.3f} per call, {resumed:.0f} resumed), handler "
-                f"{1000 * handler / max(calls, 1):.3f} ms per call; client p50 "
+                f"{1000 * handler / max(calls, 1):.3f} ms per call, webhook process CPU "
+                f"{1000 * cpu / max(calls, 1):.2f} ms per call; client p50 "
                 f"{with_p50:.2f} ms registered vs {without_p50:.2f} ms not "
                 f"(+{with_p50 - without_p50:.2f} ms), medians of {rounds} blocks each"
             )
