@@ -163,3 +163,63 @@ def test_markdown_table_has_a_header_a_separator_and_aligned_rows() -> None:
     assert len({len(line) for line in lines}) == 1  # padded: also reads as plain text
     assert lines[2].rstrip("| ").endswith("yes")
     assert lines[3].rstrip("| ").endswith("**no**")
+
+
+# --- the floors' servers (tests.bench.floors): what they answer, not how fast ---------------
+
+
+def test_floor_webhook_allows_with_no_patch_or_the_fixed_one_and_counts_calls() -> None:
+    import base64  # noqa: PLC0415
+    import json  # noqa: PLC0415
+
+    from starlette.testclient import TestClient  # noqa: PLC0415
+
+    from tests.bench.floors import webhook_app  # noqa: PLC0415
+
+    patch = b'[{"op":"add","path":"/spec/schedulerName","value":"vramguard-scheduler"}]'
+    review = {"request": {"uid": "u-1", "object": {"kind": "Pod"}}}
+    with TestClient(webhook_app(patch)) as client:
+        noop = client.post("/noop", content=json.dumps(review)).json()["response"]
+        fixed = client.post("/patch", content=json.dumps(review)).json()["response"]
+        client.post("/patch", content=json.dumps(review))
+        calls = client.get("/calls").json()
+    assert noop == {"uid": "u-1", "allowed": True}
+    assert fixed["uid"] == "u-1"
+    assert fixed["allowed"] is True
+    assert fixed["patchType"] == "JSONPatch"
+    assert base64.b64decode(fixed["patch"]) == patch
+    assert calls == {"noop": 1, "patch": 2}
+
+
+def test_floor_extender_passes_every_node_scores_zero_and_binds_through_the_binder() -> None:
+    from starlette.testclient import TestClient  # noqa: PLC0415
+
+    from kube.errors import BindError  # noqa: PLC0415
+    from tests.bench.floors import extender_app  # noqa: PLC0415
+
+    class Binder:
+        def __init__(self) -> None:
+            self.calls: list[tuple[str, str, str, str]] = []
+
+        def bind(self, namespace: str, name: str, uid: str, node: str) -> None:
+            self.calls.append((namespace, name, uid, node))
+            if node == "broken":
+                raise BindError("binding ns/p to broken: 409 conflict")
+
+    binder = Binder()
+    names = ["gpu-1", "gpu-2"]
+    with TestClient(extender_app(binder)) as client:
+        filtered = client.post("/filter", json={"Pod": {}, "NodeNames": names}).json()
+        nodes = {"items": [{"metadata": {"name": "gpu-3"}}]}
+        by_object = client.post("/filter", json={"Pod": {}, "Nodes": nodes}).json()
+        scores = client.post("/prioritize", json={"Pod": {}, "NodeNames": names}).json()
+        bind = {"PodName": "p", "PodNamespace": "ns", "PodUID": "u", "Node": "gpu-1"}
+        bound = client.post("/bind", json=bind).json()
+        failed = client.post("/bind", json={**bind, "Node": "broken"}).json()
+    assert filtered["NodeNames"] == names
+    assert filtered["FailedNodes"] == {}
+    assert by_object["Nodes"] == nodes
+    assert scores == [{"Host": "gpu-1", "Score": 0}, {"Host": "gpu-2", "Score": 0}]
+    assert bound == {"Error": ""}
+    assert "409 conflict" in failed["Error"]
+    assert binder.calls == [("ns", "p", "u", "gpu-1"), ("ns", "p", "u", "broken")]
