@@ -234,7 +234,8 @@ async def _read_body(
 def _rejected(err: RequestRejected, metrics: WebhookMetrics, started: float) -> Response:
     elapsed = time.perf_counter() - started
     metrics.requests.labels("invalid").inc()
-    metrics.errors.labels("invalid").inc()
+    if err.status != HTTPStatus.SERVICE_UNAVAILABLE:  # busy: counted as such where it is found
+        metrics.errors.labels("invalid").inc()
     metrics.latency.observe(elapsed)
     log.warning(
         "rejected request",
