@@ -238,6 +238,24 @@ class Policy(_Model):
     scheduler_name: str | None = Field(
         default="vramguard-scheduler", description="Set on GPU pods; null leaves it alone."
     )
+    allowed_scheduler_names: tuple[str, ...] = Field(
+        default=(),
+        description="Schedulers a GPU pod may name itself and keep; any other schedulerName "
+        "(default-scheduler included) is replaced by schedulerName, so a pod cannot leave the "
+        "GPU-aware scheduler by naming another one.",
+    )
+    min_gpumem_mib: PositiveMiB = Field(
+        default=1,
+        description="The smallest GPU-memory budget a GPU pod may declare; a declaration below "
+        "it (0, or 1n, which rounds to 0 or 1) is denied: a budget of 0 fits everywhere and "
+        "reserves nothing.",
+    )
+    allow_node_name: bool = Field(
+        default=False,
+        description="Admit GPU pods that set spec.nodeName. Such a pod skips the scheduler and "
+        "vramguard's per-card and live checks (only the kubelet's node-level count remains), "
+        "so by default it is denied outside excludedNamespaces.",
+    )
     excluded_namespaces: tuple[str, ...] = ("kube-system",)
     defaults: Defaults = Defaults()
     namespaces: dict[str, NamespaceOverride] = {}
@@ -252,6 +270,14 @@ class Policy(_Model):
         for name in (value,) if isinstance(value, str) else value:
             if len(name) > 253 or not _RESOURCE.match(name):
                 raise ValueError(f"{name!r} is not a valid resource name")
+        return value
+
+    @field_validator("allowed_scheduler_names")
+    @classmethod
+    def _scheduler_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if len(name) > 253 or not _CLASS_NAME.match(name):
+                raise ValueError(f"{name!r} is not a valid scheduler name")
         return value
 
     @field_validator("excluded_namespaces")
@@ -289,6 +315,11 @@ class Policy(_Model):
             (f"namespaces.{name}", name) for name in self.namespaces
         ]:
             rules = self.for_namespace(namespace or "")
+            if rules.gpumem_mib < self.min_gpumem_mib:
+                raise ValueError(
+                    f"{where}: gpumemMiB {rules.gpumem_mib} is below minGpumemMiB "
+                    f"{self.min_gpumem_mib}"
+                )
             cap = rules.max_gpumem_mib
             if cap is not None and rules.gpumem_mib > cap:
                 raise ValueError(

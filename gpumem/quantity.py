@@ -37,6 +37,8 @@ _QUANTITY = re.compile(
 )
 # Anything above this is a typo or an attack, not a GPU; it also keeps Fraction arithmetic cheap.
 _MAX_EXPONENT = 30
+# The longest quantity text read: "18446744073709551615.999999999Ei" is 32 characters.
+_MAX_LENGTH = 64
 # Distinct quantity strings remembered (a cluster uses a handful: "1024", "8Gi", ...); the
 # extender reads every GPU pod's on each watch event and the Fraction arithmetic is its cost.
 _CACHED_TEXTS = 1024
@@ -73,6 +75,9 @@ def parse_mib(value: object) -> int:
         if not math.isfinite(value):
             raise QuantityError(f"quantity {value!r} is not finite")
         return _parse_text(repr(value))
+    if value.bit_length() > _MAX_LENGTH * 4:
+        # str() of an int past 4300 digits raises ValueError; this one is far from a quantity.
+        raise QuantityError(f"quantity of {value.bit_length()} bits is out of range")
     return _parse_text(str(value))
 
 
@@ -93,6 +98,12 @@ def _parse_text(text: str) -> int:
 
 
 def _match(text: str) -> re.Match[str]:
+    if len(text) > _MAX_LENGTH:
+        # Before the grammar: Python refuses to turn more than 4300 digits into an int, and a
+        # long number costs time in Fraction arithmetic. No real quantity comes close.
+        raise QuantityError(
+            f"quantity {text[:20]!r}... is {len(text)} characters long, more than {_MAX_LENGTH}"
+        )
     match = _QUANTITY.match(text)
     if match is None:
         raise QuantityError(f"{text!r} is not a Kubernetes quantity (e.g. 3000, 5k, 3Gi)")

@@ -49,6 +49,14 @@ def decide(request: AdmissionRequest, policy: Policy, cluster: ClusterView) -> R
         return _denied(f"{err} (namespace {namespace})")
     if not demand.is_gpu:
         return _unchanged("not a GPU pod")
+    if not policy.allow_node_name and (node := _node_name(pod)) is not None:
+        # Bound by name, the pod never reaches the scheduler or the extender: only the
+        # kubelet's node-level count of the budget would stand between it and a full card.
+        return _denied(
+            f"GPU pods may not set spec.nodeName ({_shown(node)}) in namespace {namespace}: "
+            "they would skip the scheduler and vramguard's per-card and live VRAM checks; "
+            "choose the node with nodeSelector or nodeAffinity instead"
+        )
 
     edit = _Edit(PodDraft(pod), rules, policy.gpumem_resource_name)
     denial = edit.gpumem(demand)
@@ -57,11 +65,11 @@ def decide(request: AdmissionRequest, policy: Policy, cluster: ClusterView) -> R
     # What the scheduler will count, and what each container's hints derive from: the pod
     # after the budget was injected or normalised. Every declaration parsed above.
     final = read_demand(edit.draft.current, policy.resource_names)
-    denial = edit.check_cap(final)
+    denial = edit.check_minimum(final, policy.min_gpumem_mib) or edit.check_cap(final)
     if denial is not None:
         return _denied(denial)
     edit.priority_class(cluster)
-    edit.scheduler(policy.scheduler_name)
+    edit.scheduler(policy.scheduler_name, policy.allowed_scheduler_names)
     edit.hints(final, policy.resource_names)
     return edit.reply()
 
@@ -111,6 +119,21 @@ class _Edit:
                     f"(was request {_shown(before[0])}, limit {_shown(before[1])})"
                 )
                 self.changes[f"gpumem[{_shown(container.name)}]"] = mib
+        return None
+
+    def check_minimum(self, final: PodDemand, minimum: int) -> str | None:
+        """Deny a declaration below the policy's minimum: 0 fits every node and every card,
+        so such a pod would pass the scheduler's, the extender's and the kubelet's checks
+        while using the card like any other."""
+        for container in final.containers:
+            declared = container.declared_mib
+            if declared is not None and declared < minimum:
+                return (
+                    f"container {_shown(container.name)} declares {self.gpumem_name}="
+                    f"{declared} MiB, below the minimum of {minimum} MiB (minGpumemMiB): a "
+                    "budget that small reserves nothing on the card; declare what it uses, or "
+                    "leave it out to get the namespace's budget"
+                )
         return None
 
     def check_cap(self, final: PodDemand) -> str | None:
@@ -171,18 +194,21 @@ class _Edit:
         else:
             self.draft.set(policy, known.preemption_policy)
 
-    def scheduler(self, scheduler_name: str | None) -> None:
-        """Send the pod to the policy's scheduler unless it asked for a specific one."""
+    def scheduler(self, scheduler_name: str | None, allowed: tuple[str, ...]) -> None:
+        """Send the pod to the policy's scheduler unless it names one the policy allows: any
+        other scheduler would place it without vramguard's checks."""
         if scheduler_name is None:
             return
         path = ("spec", "schedulerName")
         current = self.draft.get(path)
-        if isinstance(current, str) and current not in ("", DEFAULT_SCHEDULER):
-            return
-        if current == scheduler_name:
+        if current == scheduler_name or (isinstance(current, str) and current in allowed):
             return
         self.draft.set(path, scheduler_name)
-        self.warnings.append(f"set schedulerName={scheduler_name}")
+        named = isinstance(current, str) and current not in ("", DEFAULT_SCHEDULER)
+        self.warnings.append(
+            f"set schedulerName={scheduler_name}"
+            + (f" (was {_shown(current)}, not in allowedSchedulerNames)" if named else "")
+        )
         self.audit[AUDIT_SCHEDULER] = scheduler_name
         self.changes["schedulerName"] = scheduler_name
 
@@ -209,12 +235,6 @@ class _Edit:
                 self.warnings.append(
                     f"container {label} uses the GPU but declares no {self.gpumem_name} of its "
                     "own: no enforcement hints"
-                )
-                continue
-            if budget == 0:
-                self.warnings.append(
-                    f"container {label} declares {self.gpumem_name}=0: no enforcement hints "
-                    "(a cap of 0 would keep it off the card)"
                 )
                 continue
             path = ("spec", container.list_name, container.index)
@@ -293,6 +313,12 @@ def _denied(message: str) -> Reply:
 
 def _left_alone_names(left_alone: tuple[LeftAlone, ...]) -> list[str]:
     return [name for left in left_alone for name, _ in left.hint.env]
+
+
+def _node_name(pod: Mapping[str, Any]) -> object | None:
+    spec = pod.get("spec")
+    node = spec.get("nodeName") if isinstance(spec, Mapping) else None
+    return node if node not in (None, "") else None
 
 
 def _pod_namespace(pod: Mapping[str, Any]) -> str:

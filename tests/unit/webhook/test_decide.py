@@ -275,11 +275,6 @@ GPUMEM_CASES = [
         id="exactly at the cap is allowed",
     ),
     pytest.param(
-        pod(container("app", requests={GPUMEM: "0"}, limits={GPUMEM: "0"})),
-        {"allowed": True, "gpumem": {"app": ("0", "0")}},
-        id="zero is a declaration",
-    ),
-    pytest.param(
         pod(
             container("app", requests={GPUMEM: "2000"}, limits={GPUMEM: "2000"}), namespace="strict"
         ),
@@ -360,13 +355,74 @@ SCHEDULER_CASES = [
     pytest.param(pod(schedulerName=None), "vramguard-scheduler", id="none: set"),
     pytest.param(pod(), "vramguard-scheduler", id="default-scheduler: replaced"),
     pytest.param(pod(schedulerName=""), "vramguard-scheduler", id="empty: set"),
-    pytest.param(pod(schedulerName="my-scheduler"), "my-scheduler", id="own scheduler kept"),
+    pytest.param(
+        pod(schedulerName="my-scheduler"), "vramguard-scheduler", id="another scheduler: replaced"
+    ),
+    pytest.param(pod(schedulerName="batch-gpu"), "batch-gpu", id="an allowed scheduler: kept"),
 ]
 
 
 @pytest.mark.parametrize(("obj", "scheduler"), SCHEDULER_CASES)
 def test_scheduler_name(obj: dict[str, Any], scheduler: str) -> None:
-    check(obj, decide_pod(obj), {"scheduler": scheduler})
+    """A GPU pod that names another scheduler would be placed without vramguard's checks:
+    only the policy's allowedSchedulerNames are kept."""
+    policy = make_policy(allowed_scheduler_names=("batch-gpu",))
+    check(obj, decide_pod(obj, policy), {"scheduler": scheduler})
+
+
+def test_a_replaced_scheduler_is_named_in_the_warning() -> None:
+    decision = decide_pod(pod(schedulerName="my-scheduler"))
+    assert (
+        "vramguard: set schedulerName=vramguard-scheduler (was my-scheduler, not in "
+        "allowedSchedulerNames)" in decision.warnings
+    )
+
+
+# --- minGpumemMiB -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("declared", "allowed"),
+    [("0", False), ("1n", True), ("0.5", True), ("1", True), ("100", True)],
+    ids=["0", "1n (rounds up to 1)", "0.5", "1", "100"],
+)
+def test_a_budget_below_the_minimum_is_denied(declared: str, allowed: bool) -> None:
+    """0 fits every node and card, so such a pod would pass every check and still use the
+    card. (Declarations round up to whole MiB: 1n is 1 MiB.)"""
+    obj = pod(container("app", requests={GPUMEM: declared}, limits={GPUMEM: declared}))
+    decision = decide_pod(obj)
+    assert decision.allowed is allowed, decision
+    if not allowed:
+        assert decision.status is not None
+        assert "below the minimum of 1 MiB (minGpumemMiB)" in decision.status.message
+
+
+def test_the_minimum_is_the_policys() -> None:
+    obj = pod(container("app", requests={GPUMEM: "100"}, limits={GPUMEM: "100"}))
+    decision = decide_pod(obj, make_policy(min_gpumem_mib=256))
+    assert decision.allowed is False
+    assert decision.status is not None
+    assert "app declares vramguard.io/gpumem=100 MiB, below the minimum of 256" in (
+        decision.status.message
+    )
+    # An injected budget is the namespace's, which the policy keeps at or above the minimum.
+    assert decide_pod(pod(), make_policy(min_gpumem_mib=256)).allowed
+
+
+# --- spec.nodeName ------------------------------------------------------------------------
+
+
+def test_a_gpu_pod_bound_by_name_is_denied() -> None:
+    """It would skip the scheduler and the extender: only the kubelet's node-level count of
+    budgets would remain."""
+    decision = decide_pod(pod(nodeName="gpu-1"))
+    assert decision.allowed is False
+    assert decision.status is not None
+    assert "may not set spec.nodeName (gpu-1) in namespace immich" in decision.status.message
+    assert decide_pod(pod(nodeName="gpu-1"), make_policy(allow_node_name=True)).allowed
+    assert decide_pod(pod(nodeName="")).allowed
+    # A pod that uses no GPU is not vramguard's business, bound or not.
+    assert decide_pod(pod(container("cpu"), nodeName="gpu-1")).allowed
 
 
 def test_scheduler_name_left_alone_when_policy_names_none() -> None:

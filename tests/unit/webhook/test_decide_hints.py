@@ -191,13 +191,12 @@ def test_a_gpu_container_without_a_budget_of_its_own_gets_none() -> None:
     ) in decision.warnings
 
 
-def test_a_zero_budget_gets_no_cap() -> None:
+def test_a_zero_budget_is_denied_before_any_hint() -> None:
+    """A cap of 0 would keep the container off the card; minGpumemMiB refuses the pod first."""
     obj = pod(container("app", limits={GPU: "1", GPUMEM: "0"}), namespace="factor")
     decision = decide_hinted(obj)
-    assert env(applied(obj, decision)) == {}
-    assert any(
-        "declares vramguard.io/gpumem=0: no enforcement hints" in w for w in decision.warnings
-    )
+    assert decision.allowed is False
+    assert decision.patch == ()
 
 
 # --- what is left alone ------------------------------------------------------------------------
