@@ -41,6 +41,9 @@ PositiveMiB = Annotated[int, Field(gt=0, le=16 * 1024 * 1024)]
 # limit = budget x factor: never below the request (the toolkit's hook refuses a request above
 # the limit, and the container then fails to start), and a bound that still means something.
 LimitFactor = Annotated[float, Field(ge=1, le=16)]
+# A PriorityClass value: user classes go up to 1e9, the two system classes to 2000001000.
+PriorityValue = Annotated[int, Field(ge=-2147483648, le=2000001000)]
+ClassViolation = Literal["replace", "deny"]
 
 
 class _Model(BaseModel):
@@ -55,6 +58,12 @@ class _Model(BaseModel):
 def _check_class(value: str | None) -> str | None:
     if value is not None and (len(value) > 253 or not _CLASS_NAME.match(value)):
         raise ValueError(f"{value!r} is not a valid PriorityClass name")
+    return value
+
+
+def _check_classes(value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    for name in value or ():
+        _check_class(name)
     return value
 
 
@@ -127,9 +136,17 @@ class NamespaceOverride(_Model):
     gpumem_mib: PositiveMiB | None = Field(default=None, alias="gpumemMiB")
     max_gpumem_mib: PositiveMiB | None = Field(default=None, alias="maxGpumemMiB")
     require_declaration: bool | None = None
+    allowed_priority_classes: tuple[str, ...] | None = Field(
+        default=None, description="This namespace's list; an explicit null allows any class."
+    )
+    max_priority: PriorityValue | None = Field(
+        default=None, description="This namespace's ceiling; an explicit null lifts the default's."
+    )
+    disallowed_priority_class: ClassViolation | None = None
     hints: HintsOverride = HintsOverride()
 
     _class = field_validator("priority_class_name")(_check_class)
+    _classes = field_validator("allowed_priority_classes")(_check_classes)
 
 
 class Defaults(_Model):
@@ -145,9 +162,28 @@ class Defaults(_Model):
     require_declaration: bool = Field(
         default=False, description="Deny GPU pods that declare no gpumem instead of injecting."
     )
+    allowed_priority_classes: tuple[str, ...] | None = Field(
+        default=(),
+        description="PriorityClasses a GPU pod may name itself and keep, besides the one the "
+        "policy gives its namespace (and the cluster's globalDefault, which is replaced). "
+        "Empty: none; null: any class (subject to maxPriority). Any other class could preempt "
+        "every pod below it.",
+    )
+    max_priority: PriorityValue | None = Field(
+        default=None,
+        description="Ceiling on the value of a class a GPU pod names itself, as the "
+        "webhook's PriorityClass watch knows it; a class whose value is not known (no API "
+        "access, or not synced yet) counts as above it. null: no ceiling.",
+    )
+    disallowed_priority_class: ClassViolation = Field(
+        default="replace",
+        description="A GPU pod whose own class is not allowed: replace it by the namespace's "
+        "class (or remove it where the namespace has none) with a warning, or deny the pod.",
+    )
     hints: Hints = Hints()
 
     _class = field_validator("priority_class_name")(_check_class)
+    _classes = field_validator("allowed_priority_classes")(_check_classes)
 
 
 class TelemetryQueries(_Model):
@@ -246,6 +282,7 @@ class Policy(_Model):
     )
     min_gpumem_mib: PositiveMiB = Field(
         default=1,
+        alias="minGpumemMiB",
         description="The smallest GPU-memory budget a GPU pod may declare; a declaration below "
         "it (0, or 1n, which rounds to 0 or 1) is denied: a budget of 0 fits everywhere and "
         "reserves nothing.",
@@ -361,6 +398,19 @@ class Policy(_Model):
                 else d.max_gpumem_mib
             ),
             require_declaration=_pick(override.require_declaration, d.require_declaration),
+            allowed_priority_classes=(
+                override.allowed_priority_classes
+                if "allowed_priority_classes" in override.model_fields_set
+                else d.allowed_priority_classes
+            ),
+            max_priority=(
+                override.max_priority
+                if "max_priority" in override.model_fields_set
+                else d.max_priority
+            ),
+            disallowed_priority_class=_pick(
+                override.disallowed_priority_class, d.disallowed_priority_class
+            ),
             hints=_hint_rules(namespace, override.hints, d.hints),
         )
 
@@ -377,6 +427,11 @@ class NamespaceRules:
     max_gpumem_mib: int | None
     require_declaration: bool
     hints: HintRules
+    # The classes a pod may name itself (None: any), the ceiling on their value, and what
+    # happens to a pod naming another.
+    allowed_priority_classes: tuple[str, ...] | None = ()
+    max_priority: int | None = None
+    disallowed_priority_class: ClassViolation = "replace"
 
 
 def _hint_rules(namespace: str, override: HintsOverride, defaults: Hints) -> HintRules:

@@ -26,6 +26,7 @@ WARNING_PREFIX = "vramguard: "
 AUDIT_GPUMEM = "gpumem"
 AUDIT_PRIORITY_CLASS = "priority-class"
 AUDIT_PRIORITY_CLASS_SKIPPED = "priority-class-skipped"
+AUDIT_PRIORITY_CLASS_REMOVED = "priority-class-removed"
 AUDIT_SCHEDULER = "scheduler-name"
 # Enforcement hints, one value for the whole pod ("app: NAME=VALUE NAME=VALUE; warmup: ..."):
 # per-container keys would outgrow the 63 characters a qualified name's name part allows.
@@ -68,7 +69,9 @@ def decide(request: AdmissionRequest, policy: Policy, cluster: ClusterView) -> R
     denial = edit.check_minimum(final, policy.min_gpumem_mib) or edit.check_cap(final)
     if denial is not None:
         return _denied(denial)
-    edit.priority_class(cluster)
+    denial = edit.priority_class(cluster)
+    if denial is not None:
+        return _denied(denial)
     edit.scheduler(policy.scheduler_name, policy.allowed_scheduler_names)
     edit.hints(final, policy.resource_names)
     return edit.reply()
@@ -149,19 +152,31 @@ class _Edit:
             f"(maxGpumemMiB) for namespace {self.rules.namespace}"
         )
 
-    def priority_class(self, cluster: ClusterView) -> None:
-        """Set the policy's class unless the pod chose its own (anything but the default)."""
+    def priority_class(self, cluster: ClusterView) -> str | None:
+        """Set the policy's class on the pod; a denial or None.
+
+        A class the pod names itself is kept only where the namespace allows it (its list and
+        its ceiling): any other could preempt every pod below it. The cluster's globalDefault
+        counts as no choice, and is replaced like none.
+        """
         target = self.rules.priority_class_name
-        if target is None:
-            return
         path = ("spec", "priorityClassName")
         current = self.draft.get(path)
         current_name = current if isinstance(current, str) else ""
         if current_name == target:
-            return
+            return None
         is_cluster_default = bool(current_name) and current_name == cluster.global_default_class
+        refused = None
         if current_name and not is_cluster_default:
-            return
+            refused = self._refusal(current_name, cluster)
+            if refused is None:
+                return None
+            if self.rules.disallowed_priority_class == "deny":
+                return f"{refused}; set priorityClassName to one the namespace allows, or none"
+        if target is None:
+            if refused is not None:
+                self._drop_class(current_name, refused)
+            return None
         source = self.rules.priority_class_source
         if cluster.priority_classes is not None and target not in cluster.priority_classes:
             self.warnings.append(
@@ -169,7 +184,11 @@ class _Edit:
                 f"priorityClassName left {_shown(current_name) if current_name else 'unset'}"
             )
             self.audit[AUDIT_PRIORITY_CLASS_SKIPPED] = target
-            return
+            if refused is not None:
+                self._drop_class(current_name, refused)
+            return None
+        if refused is not None:
+            self.warnings.append(f"priorityClassName {_shown(current_name)} replaced: {refused}")
         self.draft.set(path, target)
         # The Priority admission plugin runs again after a webhook changed the pod, and
         # rejects a priority integer (or preemptionPolicy) that is not the class's. Set the
@@ -181,6 +200,42 @@ class _Edit:
         self.warnings.append(f"set priorityClassName={target} ({source})")
         self.audit[AUDIT_PRIORITY_CLASS] = target
         self.changes["priorityClassName"] = target
+        return None
+
+    def _refusal(self, name: str, cluster: ClusterView) -> str | None:
+        """Why the pod may not keep the class it names, or None."""
+        rules, namespace = self.rules, self.rules.namespace
+        allowed = rules.allowed_priority_classes
+        if allowed is not None and name not in allowed:
+            listed = ", ".join(allowed) if allowed else "none besides the policy's own"
+            return (
+                f"PriorityClass {_shown(name)} is not allowed in namespace {namespace} "
+                f"(allowedPriorityClasses: {listed})"
+            )
+        ceiling = rules.max_priority
+        if ceiling is None:
+            return None
+        known = cluster.class_priorities.get(name)
+        if known is None:
+            return (
+                f"the value of PriorityClass {_shown(name)} is not known, and namespace "
+                f"{namespace} has a ceiling (maxPriority {ceiling})"
+            )
+        if known.value > ceiling:
+            return (
+                f"PriorityClass {_shown(name)} has value {known.value}, above the ceiling "
+                f"of {ceiling} (maxPriority) for namespace {namespace}"
+            )
+        return None
+
+    def _drop_class(self, name: str, refused: str) -> None:
+        """Remove a class the pod may not keep where there is none to put instead: the
+        Priority plugin then gives it the globalDefault (or 0)."""
+        self.draft.remove(("spec", "priorityClassName"))
+        self._class_priority(None)
+        self.warnings.append(f"priorityClassName {_shown(name)} removed: {refused}")
+        self.audit[AUDIT_PRIORITY_CLASS_REMOVED] = _shown(name)
+        self.changes["priorityClassName"] = ""
 
     def _class_priority(self, known: ClassPriority | None) -> None:
         priority, policy = ("spec", "priority"), ("spec", "preemptionPolicy")

@@ -10,7 +10,7 @@ from typing import Any
 
 from starlette.testclient import TestClient
 
-from tests.http.webhook.reviews import decoded_patch, gpu_pod, review
+from tests.http.webhook.reviews import decoded_patch, gpu_pod, patched, review
 from tests.http.webhook.test_wire import JSON_HEADERS, post
 
 
@@ -50,3 +50,20 @@ def test_a_quantity_of_thousands_of_digits_is_denied_not_a_500(client: TestClien
     assert reply.status_code == 200, reply.text
     message = denial(reply.json()["response"])
     assert "5000 characters long, more than 64" in message
+
+
+def test_a_tenants_own_class_is_replaced(client: TestClient) -> None:
+    """system-node-critical in a tenant namespace could preempt anyone: the namespace's class
+    replaces it (allowedPriorityClasses is empty by default)."""
+    pod = gpu_pod()
+    pod["spec"]["priorityClassName"] = "system-node-critical"
+    pod["spec"]["priority"] = 2000001000
+    response = post(client, review(pod))
+    assert response["allowed"] is True
+    spec = patched(pod, response)["spec"]
+    assert spec["priorityClassName"] == "tier-1-gpu"
+    assert "priority" not in spec
+    assert any(
+        "priorityClassName system-node-critical replaced" in warning
+        for warning in response["warnings"]
+    )

@@ -221,3 +221,42 @@ def test_hints_are_off_unless_the_policy_says_so() -> None:
     assert (
         not load_policy(REPO / "manifests/base/policy.yaml").for_namespace("immich").hints.enabled
     )
+
+
+def test_the_bypass_switches_as_written_in_yaml() -> None:
+    policy = parse_policy(
+        "minGpumemMiB: 256\nallowNodeName: true\nallowedSchedulerNames: [batch]\n"
+        "defaults: {allowedPriorityClasses: null, maxPriority: 1000, "
+        "disallowedPriorityClass: deny}\n"
+        "namespaces: {a: {allowedPriorityClasses: [x], maxPriority: null}}\n"
+    )
+    assert (policy.min_gpumem_mib, policy.allow_node_name) == (256, True)
+    assert policy.allowed_scheduler_names == ("batch",)
+    rules = policy.for_namespace("a")
+    assert (rules.allowed_priority_classes, rules.max_priority) == (("x",), None)
+    assert rules.disallowed_priority_class == "deny"
+    other = policy.for_namespace("b")
+    assert (other.allowed_priority_classes, other.max_priority) == (None, 1000)
+
+
+def test_defaults_are_closed() -> None:
+    rules = parse_policy("{}").for_namespace("a")
+    assert rules.allowed_priority_classes == ()
+    assert parse_policy("{}").min_gpumem_mib == 1
+    assert parse_policy("{}").allow_node_name is False
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "minGpumemMiB: 0",
+        "minGpumemMiB: 2048",  # above the default gpumemMiB of 1024
+        "allowedSchedulerNames: ['Bad Name']",
+        "defaults: {allowedPriorityClasses: ['UPPER']}",
+        "defaults: {maxPriority: 3000000000}",
+        "defaults: {disallowedPriorityClass: keep}",
+    ],
+)
+def test_bad_bypass_settings_are_refused(text: str) -> None:
+    with pytest.raises(PolicyError):
+        parse_policy(text)

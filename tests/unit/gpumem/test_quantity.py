@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gpumem.quantity import QuantityError, format_mib, parse_mib
+from gpumem.quantity import QuantityError, format_mib, parse_mib, parse_quantity
 
 
 @pytest.mark.parametrize(
@@ -60,3 +60,27 @@ def test_never_raises_anything_but_quantity_error(text: str) -> None:
 )
 def test_format_mib(mib: int, text: str) -> None:
     assert format_mib(mib) == text
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param("1" * 5000, id="5000 digits"),
+        pytest.param("1" * 4301 + "Mi", id="4301 digits and a suffix"),
+        pytest.param("0." + "1" * 5000, id="a 5000 digit fraction"),
+        pytest.param(10**5000, id="an int of 5001 digits"),
+        pytest.param("1" * 65, id="65 characters"),
+    ],
+)
+def test_overlong_quantities_are_quantity_errors(value: object) -> None:
+    """Python refuses to turn more than 4300 digits into an int (a ValueError that used to
+    escape as a 500): a quantity is capped at 64 characters first, far above any real one."""
+    with pytest.raises(QuantityError, match=r"long|out of range"):
+        parse_mib(value)
+    if isinstance(value, str):
+        with pytest.raises(QuantityError):
+            parse_quantity(value)
+
+
+def test_the_longest_real_quantity_still_parses() -> None:
+    assert parse_mib("18446744073709551615.999999999Ki") == 18014398509481984

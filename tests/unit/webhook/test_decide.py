@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 import pytest
 
+from gpumem.policy import parse_policy
 from tests.unit.webhook.factories import (
+    ALL_CLASSES,
     CLUSTER,
     GPU,
     GPUMEM,
@@ -56,8 +59,8 @@ CLASS_CASES = [
     pytest.param(
         pod(priorityClassName="mine", priority=500),
         CLUSTER,
-        {"class": "mine", "priority": 500, "preemptionPolicy": "PreemptLowerPriority"},
-        id="the pod's own class is kept with its priority",
+        {"class": "tier-1-gpu", "priority": None, "preemptionPolicy": None},
+        id="the pod's own class, not allowed by default: replaced by the namespace's",
     ),
     pytest.param(
         pod(priorityClassName="cluster-default", priority=1000),
@@ -68,8 +71,8 @@ CLASS_CASES = [
     pytest.param(
         pod(priorityClassName="cluster-default", priority=1000),
         NO_API,
-        {"class": "cluster-default", "priority": 1000},
-        id="without API access the globalDefault is unknown, so any class is kept",
+        {"class": "tier-1-gpu", "priority": None},
+        id="without API access the globalDefault is unknown: not allowed either, replaced",
     ),
     pytest.param(
         pod(priorityClassName="tier-1-gpu", priority=100000),
@@ -177,6 +180,104 @@ def test_priority_class(
     obj: dict[str, Any], cluster: ClusterView, expected: dict[str, Any]
 ) -> None:
     check(obj, decide_pod(obj, cluster=cluster), expected)
+
+
+# --- a class the pod names itself: allowedPriorityClasses, maxPriority ----------------------
+
+CEILING = ClusterView(
+    priority_classes=ALL_CLASSES | {"system-node-critical"},
+    global_default_class="cluster-default",
+    class_priorities={
+        "mine": ClassPriority(500),
+        "tier-0-core": ClassPriority(1000000),
+        "system-node-critical": ClassPriority(2000001000),
+    },
+)
+OWN_CLASS_CASES = [
+    pytest.param(
+        {},
+        pod(priorityClassName="system-node-critical", priority=2000001000),
+        {"allowed": True, "class": "tier-1-gpu", "priority": None},
+        id="default: no class of its own, system-node-critical replaced",
+    ),
+    pytest.param(
+        {"allowedPriorityClasses": ["mine"]},
+        pod(priorityClassName="mine", priority=500),
+        {"allowed": True, "class": "mine", "priority": 500},
+        id="a listed class is kept with its priority",
+    ),
+    pytest.param(
+        {"allowedPriorityClasses": ["mine"]},
+        pod(priorityClassName="tier-0-core"),
+        {"allowed": True, "class": "tier-1-gpu"},
+        id="an unlisted class is replaced",
+    ),
+    pytest.param(
+        {"allowedPriorityClasses": None, "maxPriority": 1000},
+        pod(priorityClassName="mine", priority=500),
+        {"allowed": True, "class": "mine"},
+        id="any class under the ceiling is kept",
+    ),
+    pytest.param(
+        {"allowedPriorityClasses": None, "maxPriority": 1000},
+        pod(priorityClassName="system-node-critical"),
+        {"allowed": True, "class": "tier-1-gpu"},
+        id="a class above the ceiling is replaced",
+    ),
+    pytest.param(
+        {"allowedPriorityClasses": ["mine", "unseen"], "maxPriority": 1000},
+        pod(priorityClassName="unseen"),
+        {"allowed": True, "class": "tier-1-gpu"},
+        id="listed, but its value is unknown under a ceiling: replaced (fail closed)",
+    ),
+    pytest.param(
+        {"disallowedPriorityClass": "deny"},
+        pod(priorityClassName="system-node-critical"),
+        {"allowed": False},
+        id="deny instead of replace",
+    ),
+    pytest.param(
+        {"priorityClassName": None},
+        pod(priorityClassName="system-node-critical", priority=2000001000),
+        {"allowed": True, "class": None, "priority": None, "preemptionPolicy": None},
+        id="no namespace class to put instead: removed, the Priority plugin decides",
+    ),
+]
+
+
+@pytest.mark.parametrize(("override", "obj", "expected"), OWN_CLASS_CASES)
+def test_a_class_of_its_own(
+    override: dict[str, Any], obj: dict[str, Any], expected: dict[str, Any]
+) -> None:
+    """A tenant's pod naming its own class (system-node-critical, a core tier) could preempt
+    every pod below it: kept only within the namespace's list and ceiling."""
+    policy = parse_policy(
+        "namespaces: {immich: " + json.dumps({"priorityClassName": "tier-1-gpu", **override}) + "}"
+    )
+    check(obj, decide_pod(obj, policy, CEILING), expected)
+
+
+def test_a_refused_class_is_named_in_the_denial_and_the_warning() -> None:
+    obj = pod(priorityClassName="system-node-critical")
+    denied = decide_pod(
+        obj,
+        parse_policy(
+            "defaults: {maxPriority: 1000, disallowedPriorityClass: deny, "
+            "allowedPriorityClasses: null}"
+        ),
+        CEILING,
+    )
+    assert denied.status is not None
+    assert (
+        "PriorityClass system-node-critical has value 2000001000, above the ceiling of 1000 "
+        "(maxPriority) for namespace immich" in denied.message
+    )
+    replaced = decide_pod(obj, cluster=CEILING)
+    assert (
+        "vramguard: priorityClassName system-node-critical replaced: PriorityClass "
+        "system-node-critical is not allowed in namespace immich (allowedPriorityClasses: none "
+        "besides the policy's own)" in replaced.warnings
+    )
 
 
 def test_namespace_entry_beats_namespace_labels() -> None:
@@ -394,7 +495,7 @@ def test_a_budget_below_the_minimum_is_denied(declared: str, allowed: bool) -> N
     assert decision.allowed is allowed, decision
     if not allowed:
         assert decision.status is not None
-        assert "below the minimum of 1 MiB (minGpumemMiB)" in decision.status.message
+        assert "below the minimum of 1 MiB (minGpumemMiB)" in decision.message
 
 
 def test_the_minimum_is_the_policys() -> None:
@@ -403,7 +504,7 @@ def test_the_minimum_is_the_policys() -> None:
     assert decision.allowed is False
     assert decision.status is not None
     assert "app declares vramguard.io/gpumem=100 MiB, below the minimum of 256" in (
-        decision.status.message
+        decision.message
     )
     # An injected budget is the namespace's, which the policy keeps at or above the minimum.
     assert decide_pod(pod(), make_policy(min_gpumem_mib=256)).allowed
@@ -418,7 +519,7 @@ def test_a_gpu_pod_bound_by_name_is_denied() -> None:
     decision = decide_pod(pod(nodeName="gpu-1"))
     assert decision.allowed is False
     assert decision.status is not None
-    assert "may not set spec.nodeName (gpu-1) in namespace immich" in decision.status.message
+    assert "may not set spec.nodeName (gpu-1) in namespace immich" in decision.message
     assert decide_pod(pod(nodeName="gpu-1"), make_policy(allow_node_name=True)).allowed
     assert decide_pod(pod(nodeName="")).allowed
     # A pod that uses no GPU is not vramguard's business, bound or not.
