@@ -193,6 +193,17 @@ def create_pod(api: RawApi, namespace: str, body: dict[str, Any]) -> None:
     api.request("POST", f"/api/v1/namespaces/{quote(namespace)}/pods", body)
 
 
+def bind_pod(api: RawApi, namespace: str, name: str, node: str) -> None:
+    """The pods/binding a scheduler creates: the pod is on `node` from then on."""
+    body = {
+        "apiVersion": "v1",
+        "kind": "Binding",
+        "metadata": {"name": name, "namespace": namespace},
+        "target": {"apiVersion": "v1", "kind": "Node", "name": node},
+    }
+    api.request("POST", f"/api/v1/namespaces/{quote(namespace)}/pods/{quote(name)}/binding", body)
+
+
 def delete_pods(api: RawApi, namespace: str) -> None:
     """Every pod of the namespace, at once and for good (no kubelet: no graceful stop)."""
     api.request(

@@ -10,7 +10,8 @@ set size (VmRSS in /proc/PID/status; VmHWM is the peak) is read:
 1. idle: once both are ready in an empty cluster (no node, no pod);
 2. loaded: after the API server holds `--nodes` GPU nodes, every one reported by the exporter,
    and `--pods` GPU pods spread over them (created through the API, so the webhook admits each
-   one, with spec.nodeName set as a pre-bound pod has it: no scheduler is involved), and the
+   one, then bound with a pods/binding as a scheduler binds them, though no scheduler runs:
+   the webhook refuses GPU pods that set spec.nodeName themselves), and the
    extender's watches have delivered all of them: a marker pod created after the rest is in
    its snapshot (watch events arrive in order), and no node's telemetry is stale. Then one
    more telemetry refresh passes before the reading.
@@ -32,6 +33,7 @@ from dataclasses import dataclass
 from tests.bench.kube import (
     Memory,
     RawApi,
+    bind_pod,
     create_namespace,
     create_nodes,
     create_pod,
@@ -92,13 +94,15 @@ def measure(nodes: int, pods: int, threads: int = 4) -> MemoryResult:
             create_namespace(api, namespace)
 
         def create(index: int) -> None:
-            body = pod_body(f"p-{index:06d}", gpu=True, node_name=specs[index % nodes].name)
-            create_pod(api, namespaces[index % NAMESPACES], body)
+            name, namespace = f"p-{index:06d}", namespaces[index % NAMESPACES]
+            create_pod(api, namespace, pod_body(name, gpu=True))
+            bind_pod(api, namespace, name, specs[index % nodes].name)
 
         in_parallel(create, range(pods), threads)
         print(f"  created {nodes} nodes and {pods} pods", file=sys.stderr, flush=True)
         last = specs[-1].name
-        create_pod(api, namespaces[0], pod_body("marker", gpu=True, node_name=last))
+        create_pod(api, namespaces[0], pod_body("marker", gpu=True))
+        bind_pod(api, namespaces[0], "marker", last)
         wait_for(
             "the extender's pod watch to deliver every pod (the marker pod)",
             lambda: _has_pod(vramguard, last, "marker"),
