@@ -32,6 +32,7 @@ _RESOURCE = re.compile(
     r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
 )
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,253}$")
 _CLASS_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 
 T = TypeVar("T")
@@ -293,6 +294,26 @@ class Policy(_Model):
         "vramguard's per-card and live checks (only the kubelet's node-level count remains), "
         "so by default it is denied outside excludedNamespaces.",
     )
+    device_env_names: tuple[str, ...] = Field(
+        default=("NVIDIA_VISIBLE_DEVICES",),
+        description="Environment variables that hand a container GPUs through the container "
+        "runtime. A container that sets one to anything but void, none or empty without "
+        "requesting a gpuResourceNames resource is denied: it would reach every card named "
+        "(all: every card of the node) with no budget.",
+    )
+    gpu_runtime_class_names: tuple[str, ...] = Field(
+        default=("nvidia",),
+        description="RuntimeClasses that expose GPUs (the NVIDIA container runtime: CUDA "
+        "images set NVIDIA_VISIBLE_DEVICES=all themselves). A pod that names one without "
+        "requesting a gpuResourceNames resource is denied.",
+    )
+    allow_resource_claims: bool = Field(
+        default=False,
+        description="Admit pods with spec.resourceClaims (Dynamic Resource Allocation). A "
+        "claim can allocate a GPU that vramguard neither sees nor counts (the webhook sees "
+        "only the claim's name), so by default such pods are denied outside "
+        "excludedNamespaces.",
+    )
     excluded_namespaces: tuple[str, ...] = ("kube-system",)
     defaults: Defaults = Defaults()
     namespaces: dict[str, NamespaceOverride] = {}
@@ -315,6 +336,22 @@ class Policy(_Model):
         for name in value:
             if len(name) > 253 or not _CLASS_NAME.match(name):
                 raise ValueError(f"{name!r} is not a valid scheduler name")
+        return value
+
+    @field_validator("device_env_names")
+    @classmethod
+    def _env_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if not _ENV_NAME.match(name):
+                raise ValueError(f"{name!r} is not an environment variable name")
+        return value
+
+    @field_validator("gpu_runtime_class_names")
+    @classmethod
+    def _runtime_classes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if len(name) > 253 or not _CLASS_NAME.match(name):
+                raise ValueError(f"{name!r} is not a valid RuntimeClass name")
         return value
 
     @field_validator("excluded_namespaces")

@@ -20,6 +20,9 @@ from webhook.responses import Reply
 from webhook.view import ClassPriority, ClusterView
 
 DEFAULT_SCHEDULER = "default-scheduler"
+# NVIDIA_VISIBLE_DEVICES values that give no card (NVIDIA Container Toolkit): void or empty
+# behave like runc, none mounts the driver but no GPU.
+NO_DEVICES = frozenset({"", "void", "none"})
 WARNING_PREFIX = "vramguard: "
 # The API server prefixes each key with the webhook's name and a slash (e.g.
 # `pods.vramguard.io/gpumem`) and drops keys that then hold two slashes, so keys are plain names.
@@ -48,6 +51,9 @@ def decide(request: AdmissionRequest, policy: Policy, cluster: ClusterView) -> R
         demand = read_demand(pod, policy.resource_names)
     except DemandError as err:
         return _denied(f"{err} (namespace {namespace})")
+    denial = _gpu_access_denial(pod, policy, namespace)
+    if denial is not None:
+        return _denied(denial)
     if not demand.is_gpu:
         return _unchanged("not a GPU pod")
     if not policy.allow_node_name and (node := _node_name(pod)) is not None:
@@ -368,6 +374,71 @@ def _denied(message: str) -> Reply:
 
 def _left_alone_names(left_alone: tuple[LeftAlone, ...]) -> list[str]:
     return [name for left in left_alone for name, _ in left.hint.env]
+
+
+def _gpu_access_denial(pod: Mapping[str, Any], policy: Policy, namespace: str) -> str | None:
+    """A way to a GPU that bypasses the GPU request (and so every budget), or None: a device
+    variable on a container without a GPU resource, a GPU RuntimeClass on a pod without one,
+    or a DRA claim vramguard cannot count."""
+    spec = pod.get("spec")
+    if not isinstance(spec, Mapping):
+        return None
+    gpus = frozenset(policy.gpu_resource_names)
+    containers = [
+        c
+        for list_name in ("initContainers", "containers", "ephemeralContainers")
+        for c in _items(spec.get(list_name))
+    ]
+    for container in containers:
+        if _requests_gpu(container, gpus):
+            continue
+        for env in _items(container.get("env")):
+            name = env.get("name")
+            if name not in policy.device_env_names:
+                continue
+            value = env.get("value")
+            if "valueFrom" not in env and (value is None or value in NO_DEVICES):
+                continue
+            shown = " from valueFrom" if "valueFrom" in env else f"={_shown(value)}"
+            return (
+                f"container {_shown(container.get('name'))} sets {name}{shown} without "
+                f"requesting a GPU ({', '.join(policy.gpu_resource_names)}): the container "
+                "runtime would hand it those cards outside any GPU-memory budget; request a "
+                f"GPU, or set {name} to void (namespace {namespace})"
+            )
+    runtime = spec.get("runtimeClassName")
+    if runtime in policy.gpu_runtime_class_names and not any(
+        _requests_gpu(c, gpus) for c in containers
+    ):
+        return (
+            f"runtimeClassName {_shown(runtime)} exposes GPUs, and this pod requests none "
+            f"({', '.join(policy.gpu_resource_names)}): CUDA images set NVIDIA_VISIBLE_DEVICES="
+            f"all themselves, so it would reach every card outside any budget (namespace "
+            f"{namespace})"
+        )
+    if not policy.allow_resource_claims and _items(spec.get("resourceClaims")):
+        return (
+            "pods with spec.resourceClaims (Dynamic Resource Allocation) are not admitted in "
+            f"namespace {namespace}: a claim can allocate a GPU that vramguard cannot see or "
+            "count (allowResourceClaims in the policy)"
+        )
+    return None
+
+
+def _items(value: object) -> list[Mapping[str, Any]]:
+    if not isinstance(value, list):
+        return []
+    return [item for item in value if isinstance(item, Mapping)]
+
+
+def _requests_gpu(container: Mapping[str, Any], gpus: frozenset[str]) -> bool:
+    resources = container.get("resources")
+    if not isinstance(resources, Mapping):
+        return False
+    return any(
+        isinstance(section, Mapping) and any(key in gpus for key in section)
+        for section in (resources.get("requests"), resources.get("limits"))
+    )
 
 
 def _node_name(pod: Mapping[str, Any]) -> object | None:

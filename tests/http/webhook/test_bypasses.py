@@ -67,3 +67,29 @@ def test_a_tenants_own_class_is_replaced(client: TestClient) -> None:
         "priorityClassName system-node-critical replaced" in warning
         for warning in response["warnings"]
     )
+
+
+def _cpu_pod() -> dict[str, Any]:
+    pod = gpu_pod()
+    for section in ("limits", "requests"):
+        del pod["spec"]["containers"][0]["resources"][section]["nvidia.com/gpu"]
+    return pod
+
+
+def test_nvidia_visible_devices_without_a_gpu_is_denied(client: TestClient) -> None:
+    pod = _cpu_pod()
+    pod["spec"]["containers"][0]["env"].append({"name": "NVIDIA_VISIBLE_DEVICES", "value": "all"})
+    message = denial(post(client, review(pod)))
+    assert "container ml sets NVIDIA_VISIBLE_DEVICES=all without requesting a GPU" in message
+
+
+def test_the_nvidia_runtime_class_without_a_gpu_is_denied(client: TestClient) -> None:
+    pod = _cpu_pod()
+    pod["spec"]["runtimeClassName"] = "nvidia"
+    assert "runtimeClassName nvidia exposes GPUs" in denial(post(client, review(pod)))
+
+
+def test_a_dra_claim_is_denied(client: TestClient) -> None:
+    pod = gpu_pod()
+    pod["spec"]["resourceClaims"] = [{"name": "gpu", "resourceClaimTemplateName": "one-gpu"}]
+    assert "spec.resourceClaims (Dynamic Resource Allocation)" in denial(post(client, review(pod)))

@@ -688,3 +688,101 @@ def test_audit_keys_hold_no_slash() -> None:
 def test_warnings_are_printable_even_for_odd_container_names() -> None:
     decision = decide_pod(pod(container("bad\nname\x00", limits={GPUMEM: "1Gi"})))
     assert all(warning.isprintable() for warning in decision.warnings)
+
+
+# --- GPUs reached without a GPU request ---------------------------------------------------
+
+
+def _env(name: str, value: str | None = None, **fields: Any) -> dict[str, Any]:
+    entry: dict[str, Any] = {"name": name, **fields}
+    if value is not None:
+        entry["value"] = value
+    return entry
+
+
+ACCESS_CASES = [
+    pytest.param(
+        pod(container("cuda", env=[_env("NVIDIA_VISIBLE_DEVICES", "all")])),
+        "container cuda sets NVIDIA_VISIBLE_DEVICES=all without requesting a GPU",
+        id="env all on a pod without a GPU",
+    ),
+    pytest.param(
+        pod(container("cuda", env=[_env("NVIDIA_VISIBLE_DEVICES", "0,1")]), namespace="other"),
+        "NVIDIA_VISIBLE_DEVICES=0,1",
+        id="env with indexes",
+    ),
+    pytest.param(
+        pod(gpu_container(), container("side", env=[_env("NVIDIA_VISIBLE_DEVICES", "all")])),
+        "container side sets NVIDIA_VISIBLE_DEVICES=all",
+        id="a GPU pod's container without a GPU of its own",
+    ),
+    pytest.param(
+        pod(
+            container("app"),
+            init_containers=[container("i", env=[_env("NVIDIA_VISIBLE_DEVICES", "all")])],
+        ),
+        "container i sets",
+        id="an init container",
+    ),
+    pytest.param(
+        pod(
+            container(
+                "cuda",
+                env=[_env("NVIDIA_VISIBLE_DEVICES", valueFrom={"configMapKeyRef": {"name": "x"}})],
+            )
+        ),
+        "NVIDIA_VISIBLE_DEVICES from valueFrom",
+        id="env from valueFrom: not knowable, denied",
+    ),
+    pytest.param(
+        pod(container("cuda"), runtimeClassName="nvidia"),
+        "runtimeClassName nvidia exposes GPUs, and this pod requests none",
+        id="the nvidia RuntimeClass without a GPU",
+    ),
+    pytest.param(
+        pod(gpu_container(), resourceClaims=[{"name": "gpu", "resourceClaimName": "a100"}]),
+        "spec.resourceClaims (Dynamic Resource Allocation) are not admitted",
+        id="a DRA claim",
+    ),
+]
+
+
+@pytest.mark.parametrize(("obj", "fragment"), ACCESS_CASES)
+def test_gpus_reached_without_a_gpu_request_are_denied(obj: dict[str, Any], fragment: str) -> None:
+    decision = decide_pod(obj)
+    assert decision.allowed is False
+    assert fragment in decision.message
+
+
+ACCESS_ALLOWED = [
+    pytest.param(pod(container("c", env=[_env("NVIDIA_VISIBLE_DEVICES", v)])), make_policy(), id=v)
+    for v in ("void", "none", "")
+] + [
+    pytest.param(
+        pod(gpu_container(env=[_env("NVIDIA_VISIBLE_DEVICES", "all")])),
+        make_policy(),
+        id="a GPU container: the device plugin's value wins",
+    ),
+    pytest.param(pod(gpu_container(), runtimeClassName="nvidia"), make_policy(), id="GPU + nvidia"),
+    pytest.param(pod(container("c"), runtimeClassName="kata"), make_policy(), id="another runtime"),
+    pytest.param(
+        pod(container("c"), runtimeClassName="nvidia"),
+        make_policy(gpu_runtime_class_names=()),
+        id="no GPU runtime classes in the policy",
+    ),
+    pytest.param(
+        pod(gpu_container(), resourceClaims=[{"name": "gpu", "resourceClaimName": "a"}]),
+        make_policy(allow_resource_claims=True),
+        id="DRA allowed by the policy",
+    ),
+    pytest.param(
+        pod(container("c", env=[_env("NVIDIA_VISIBLE_DEVICES", "all")]), namespace="kube-system"),
+        make_policy(),
+        id="excluded namespace",
+    ),
+]
+
+
+@pytest.mark.parametrize(("obj", "policy"), ACCESS_ALLOWED)
+def test_gpu_access_that_is_allowed(obj: dict[str, Any], policy: Any) -> None:
+    assert decide_pod(obj, policy).allowed
