@@ -164,3 +164,42 @@ def strategic_merge_patch(
         "metadata": {"name": configuration},
         "webhooks": [{"name": webhook, "matchConditions": match_conditions(policy)}],
     }
+
+
+def access_expression(policy: Policy) -> str:
+    """The CEL that is true for a pod that may reach a GPU without a GPU request: a container
+    (init or app) that sets one of the policy's deviceEnvNames, a pod naming one of its
+    gpuRuntimeClassNames, or one with DRA resourceClaims (unless allowResourceClaims). The
+    webhook denies those (webhook.decide), but only a pod the conditions send is ever judged,
+    so this must be OR-ed into the one condition (matchConditions are AND-ed): see
+    `expression_with_access`. Not wired in yet: the Helm chart renders the same string in
+    _helpers.tpl and must change with it (byte-equality test).
+
+    Every optional field is has()-guarded and the literals are validated names (env names,
+    RuntimeClass names), so it cannot raise on a valid Pod. The value of the variable is left
+    to the webhook (void, none and empty give no card): the CEL only decides who is asked.
+    """
+    parts = []
+    if policy.device_env_names:
+        names = " || ".join(f"e.name == '{name}'" for name in policy.device_env_names)
+        test = f"has(c.env) && c.env.exists(e, {names})"
+        parts.append(f"object.spec.containers.exists(c, {test})")
+        parts.append(
+            f"(has(object.spec.initContainers) && object.spec.initContainers.exists(c, {test}))"
+        )
+    if policy.gpu_runtime_class_names:
+        classes = ", ".join(f"'{name}'" for name in policy.gpu_runtime_class_names)
+        parts.append(
+            f"(has(object.spec.runtimeClassName) && object.spec.runtimeClassName in [{classes}])"
+        )
+    if not policy.allow_resource_claims:
+        parts.append("(has(object.spec.resourceClaims) && size(object.spec.resourceClaims) > 0)")
+    return " || ".join(parts)
+
+
+def expression_with_access(policy: Policy) -> str:
+    """The one condition once the access rules are sent too: a GPU request, or a way to a GPU
+    without one."""
+    access = access_expression(policy)
+    gpu = expression(resource_names(policy))
+    return f"{gpu} || {access}" if access else gpu

@@ -21,8 +21,10 @@ from gpumem.match_conditions import (
     END_MARKER,
     MAX_NAMES,
     MatchConditionsError,
+    access_expression,
     expression,
     expression_lines,
+    expression_with_access,
     match_conditions,
     render_block,
     replace_block,
@@ -277,3 +279,55 @@ def test_the_cel_sends_exactly_the_pods_the_webhook_counts(
 ) -> None:
     sample = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": spec}
     assert sends(policy, sample) is read_demand(sample, policy.resource_names).is_gpu
+
+
+# --- pods that may reach a GPU without a GPU request (not wired into the file yet) ----------
+
+ACCESS_SAMPLES = [
+    pytest.param(
+        pod(container(env=[{"name": "NVIDIA_VISIBLE_DEVICES", "value": "all"}])), True, id="env"
+    ),
+    pytest.param(
+        pod(container(), init=[container("i", env=[{"name": "NVIDIA_VISIBLE_DEVICES"}])]),
+        True,
+        id="env on an init container",
+    ),
+    pytest.param(
+        {**pod(container()), "spec": {**pod(container())["spec"], "runtimeClassName": "nvidia"}},
+        True,
+        id="runtime class",
+    ),
+    pytest.param(
+        {**pod(container()), "spec": {**pod(container())["spec"], "runtimeClassName": "kata"}},
+        False,
+        id="another runtime class",
+    ),
+    pytest.param(
+        {
+            **pod(container()),
+            "spec": {**pod(container())["spec"], "resourceClaims": [{"name": "g"}]},
+        },
+        True,
+        id="a DRA claim",
+    ),
+    pytest.param(pod(container(env=[{"name": "OTHER", "value": "1"}])), False, id="other env"),
+    pytest.param(pod(container()), False, id="a plain CPU pod"),
+    pytest.param(pod(container(limits={"nvidia.com/gpu": "1"})), True, id="a GPU pod"),
+]
+
+
+@pytest.mark.parametrize(("sample", "sent"), ACCESS_SAMPLES)
+def test_the_access_conditions_send_the_pods_the_webhook_judges(
+    sample: dict[str, Any], sent: bool
+) -> None:
+    """Evaluated by cel-python: a pod the webhook would deny for reaching a GPU without a GPU
+    request must be sent to it at all (today's conditions send only GPU pods)."""
+    assert evaluate(expression_with_access(DEFAULT), sample) is sent
+
+
+def test_the_access_conditions_follow_the_policy() -> None:
+    policy = Policy.model_validate(
+        {"deviceEnvNames": [], "gpuRuntimeClassNames": [], "allowResourceClaims": True}
+    )
+    assert access_expression(policy) == ""
+    assert expression_with_access(policy) == expression(resource_names(policy))
