@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from kubernetes.client.exceptions import ApiException
 
 from .conftest import T4_ADVERTISED_MIB, T4_MIB
 from .harness import (
@@ -198,17 +199,26 @@ def test_kubelet_refuses_a_pod_placed_over_allocatable_and_vramguard_does_not_co
     local_vramguard.wait_for_node(node, check=lambda s: s["declaredMiB"] == 13000)
 
     # spec.nodeName: no scheduler, no extender; only the kubelet's admission stands between
-    # the pod and the card. 13000 + 2000 > 14000 allocatable.
-    placed = gpu_pod(
-        "placed",
-        namespace=namespace,
-        node_name=node,
-        gpumem_mib=2000,
-        image=WORKLOAD_IMAGE,
-        command=SHOW_GPUS_AND_SLEEP,
-    )
-    core_v1.create_namespaced_pod(namespace, placed)
-    refused = wait_for_phase(core_v1, namespace, "placed", "Failed", timeout=30)
+    # the pod and the card. The webhook denies such GPU pods (allowNodeName false), but not in
+    # a namespace excluded from vramguard: there the kubelet's check is all there is.
+    # 13000 + 2000 > 14000 allocatable.
+    def placed(where: str) -> Any:
+        return gpu_pod(
+            "placed",
+            namespace=where,
+            node_name=node,
+            gpumem_mib=2000,
+            image=WORKLOAD_IMAGE,
+            command=SHOW_GPUS_AND_SLEEP,
+        )
+
+    with pytest.raises(ApiException) as denied:
+        core_v1.create_namespaced_pod(namespace, placed(namespace))
+    assert "may not set spec.nodeName" in str(denied.value.body)
+    excluded = make_namespace("nodename-excluded")
+    local_vramguard.exclude_namespaces([excluded])
+    core_v1.create_namespaced_pod(excluded, placed(excluded))
+    refused = wait_for_phase(core_v1, excluded, "placed", "Failed", timeout=30)
     assert refused.status.reason == f"OutOf{GPUMEM_RESOURCE}", refused.status
     assert not refused.status.container_statuses or not any(
         s.started for s in refused.status.container_statuses
