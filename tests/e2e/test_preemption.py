@@ -197,7 +197,9 @@ def test_extender_vetoes_victims_that_free_too_little_live_vram(card: Card) -> N
     )
     assert card.preempt_requests() > asked, message
     assert not card.terminating(), "a victim was evicted though it frees too little"
+    # One line per preemption: how many of the proposed nodes were refused, the first reason.
     assert card.vramguard.log_mentions(
         card.vramguard.extender_process,
-        f"preemption for {card.namespaces[1]}/{preemptor.name} on {card.node} refused",
+        f"preemption for {card.namespaces[1]}/{preemptor.name} refused on 1 of 1 node(s) "
+        f"({card.node}: ",
     )
