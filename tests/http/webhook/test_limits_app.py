@@ -75,3 +75,14 @@ def test_a_body_at_the_limit_is_read(client: TestClient) -> None:
     reply = client.post("/mutate", content=b"{" + b" " * (LIMIT - 2) + b"}", headers=JSON)
     assert reply.status_code == 400  # read and parsed: not an AdmissionReview
     assert "connection" not in reply.headers
+
+
+def test_a_content_length_of_thousands_of_digits_is_a_413(
+    client: TestClient, metrics: WebhookMetrics
+) -> None:
+    """int() refuses more than 4300 digits: the length is compared first, so such a header is
+    a 413 like any other oversized declaration, not a 500."""
+    headers = {**JSON, "content-length": "9" * 5000}
+    reply = client.post("/mutate", content=b"{}", headers=headers)
+    assert reply.status_code == 413, reply.text
+    assert oversized(metrics, "content-length") == 1
