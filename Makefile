@@ -104,9 +104,9 @@ chart: $(STAMP) $(HELM) ## regenerate the Helm chart's values.schema.json and fi
 		--kube-version "$$(cat tests/e2e/controlplane/VERSION)"
 
 .PHONY: match-conditions
-match-conditions: $(STAMP) ## render the webhook's CEL matchConditions from the base policy
+match-conditions: $(STAMP) ## render the webhook's matchConditions and the ephemeral-container policy's CEL from the base policy
 	$(PY) -m gpumem match-conditions --policy manifests/base/policy.yaml \
-		--write manifests/base/mutatingwebhook.yaml
+		--write manifests/base/mutatingwebhook.yaml manifests/base/ephemeral-containers-policy.yaml
 
 .PHONY: clean
 clean: ## remove the virtualenv and caches (built Kubernetes binaries live in ~/.cache/vramguard)

@@ -836,7 +836,9 @@ def test_admission_policies_follow_the_release_and_the_policy(helm: Path) -> Non
     resource = next(v for v in advertiser["variables"] if v["name"] == "resource")
     assert resource["expression"] == '"example.com/vram"'
     off = render(helm, {"watchdog": {"enabled": False}, "advertiser": {"enabled": False}})
-    assert not [d for d in off if d["kind"].startswith("ValidatingAdmissionPolicy")]
+    components = [d for d in off if d["kind"].startswith("ValidatingAdmissionPolicy")]
+    # The base's own (ephemeral containers, test_ephemeral_policy_manifest) stays.
+    assert {d["metadata"]["name"] for d in components} == {"vramguard-ephemeral-gpu-env"}
 
 
 def test_another_release_namespace(helm: Path) -> None:
