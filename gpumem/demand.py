@@ -17,13 +17,24 @@ ContainerList = Literal["initContainers", "containers"]
 
 @dataclass(frozen=True)
 class ResourceNames:
-    """The extended resources that make a pod a GPU pod, and the one that counts GPU memory."""
+    """The extended resources that make a pod a GPU pod, and the one that counts GPU memory.
+
+    `gpu_prefixes` are the policy's name patterns (`nvidia.com/mig-*` without its `*`): a
+    device plugin that renames its resource per profile or sharing mode (MIG's
+    `nvidia.com/mig-1g.10gb`, time-slicing's `nvidia.com/gpu.shared`) makes names no list can
+    spell in advance.
+    """
 
     gpu: frozenset[str]
     gpumem: str
+    gpu_prefixes: tuple[str, ...] = ()
+
+    def is_gpu_resource(self, resource: str) -> bool:
+        """A resource that hands out GPUs: named, or matching a pattern."""
+        return resource in self.gpu or resource.startswith(self.gpu_prefixes)
 
     def marks_gpu(self, resource: str) -> bool:
-        return resource == self.gpumem or resource in self.gpu
+        return resource == self.gpumem or self.is_gpu_resource(resource)
 
 
 @dataclass(frozen=True)

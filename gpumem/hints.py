@@ -223,9 +223,9 @@ def gpu_count(container: Mapping[str, Any], names: ResourceNames) -> int:
     count = 0
     for section in ("limits", "requests"):
         values = mapping(resources.get(section))
-        for name in names.gpu:
-            if name in values:
-                count = max(count, _whole(values[name]))
+        for name, value in values.items():
+            if names.is_gpu_resource(str(name)):
+                count = max(count, _whole(value))
         if count:
             break
     return max(count, 1)

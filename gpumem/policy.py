@@ -31,6 +31,11 @@ _RESOURCE = re.compile(
     r"^(?:[a-z0-9]([-a-z0-9]*[a-z0-9])?(?:\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
     r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
 )
+# A pattern: the start of such a name (prefix, slash, and any start of a name), then `*`.
+_RESOURCE_PATTERN = re.compile(
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(?:\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/"
+    r"(?:[A-Za-z0-9][-A-Za-z0-9_.]*)?\*$"
+)
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,253}$")
 _CLASS_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
@@ -267,7 +272,12 @@ class Policy(_Model):
     """The whole policy file."""
 
     gpu_resource_names: tuple[str, ...] = Field(
-        default=("nvidia.com/gpu",), min_length=1, description="Resources that make a GPU pod."
+        default=("nvidia.com/gpu",),
+        min_length=1,
+        description="Resources that make a GPU pod: names, or patterns ending in * for a "
+        "device plugin that renames its resource (nvidia.com/mig-* for MIG profiles, "
+        "nvidia.com/gpu.* for renamed shared GPUs). A pattern needs the name's prefix and "
+        "slash (vendor.example/...).",
     )
     gpumem_resource_name: str = Field(
         default="vramguard.io/gpumem", description="Extended resource counting GPU memory in MiB."
@@ -322,12 +332,22 @@ class Policy(_Model):
     )
     extender: ExtenderSettings = ExtenderSettings()
 
-    @field_validator("gpu_resource_names", "gpumem_resource_name")
+    @field_validator("gpumem_resource_name")
     @classmethod
-    def _resource_names(cls, value: str | tuple[str, ...]) -> str | tuple[str, ...]:
-        for name in (value,) if isinstance(value, str) else value:
-            if len(name) > 253 or not _RESOURCE.match(name):
-                raise ValueError(f"{name!r} is not a valid resource name")
+    def _gpumem_name(cls, value: str) -> str:
+        if len(value) > 253 or not _RESOURCE.match(value):
+            raise ValueError(f"{value!r} is not a valid resource name")
+        return value
+
+    @field_validator("gpu_resource_names")
+    @classmethod
+    def _gpu_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if len(name) > 253 or not (_RESOURCE.match(name) or _RESOURCE_PATTERN.match(name)):
+                raise ValueError(
+                    f"{name!r} is neither a valid resource name nor a pattern "
+                    "(vendor.example/prefix*)"
+                )
         return value
 
     @field_validator("allowed_scheduler_names")
@@ -378,8 +398,10 @@ class Policy(_Model):
 
     @model_validator(mode="after")
     def _gpumem_not_a_gpu(self) -> Policy:
-        if self.gpumem_resource_name in self.gpu_resource_names:
-            raise ValueError("gpumemResourceName must not also be listed in gpuResourceNames")
+        if self.resource_names.is_gpu_resource(self.gpumem_resource_name):
+            raise ValueError(
+                "gpumemResourceName must not also be listed in (or match) gpuResourceNames"
+            )
         return self
 
     @model_validator(mode="after")
@@ -403,7 +425,9 @@ class Policy(_Model):
 
     @property
     def resource_names(self) -> ResourceNames:
-        return ResourceNames(frozenset(self.gpu_resource_names), self.gpumem_resource_name)
+        exact = frozenset(name for name in self.gpu_resource_names if not name.endswith("*"))
+        prefixes = tuple(name[:-1] for name in self.gpu_resource_names if name.endswith("*"))
+        return ResourceNames(exact, self.gpumem_resource_name, prefixes)
 
     def for_namespace(
         self, namespace: str, labels: Mapping[str, str] | None = None

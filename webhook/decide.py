@@ -383,7 +383,7 @@ def _gpu_access_denial(pod: Mapping[str, Any], policy: Policy, namespace: str) -
     spec = pod.get("spec")
     if not isinstance(spec, Mapping):
         return None
-    gpus = frozenset(policy.gpu_resource_names)
+    gpus = policy.resource_names
     containers = [
         c
         for list_name in ("initContainers", "containers", "ephemeralContainers")
@@ -431,12 +431,12 @@ def _items(value: object) -> list[Mapping[str, Any]]:
     return [item for item in value if isinstance(item, Mapping)]
 
 
-def _requests_gpu(container: Mapping[str, Any], gpus: frozenset[str]) -> bool:
+def _requests_gpu(container: Mapping[str, Any], gpus: ResourceNames) -> bool:
     resources = container.get("resources")
     if not isinstance(resources, Mapping):
         return False
     return any(
-        isinstance(section, Mapping) and any(key in gpus for key in section)
+        isinstance(section, Mapping) and any(gpus.is_gpu_resource(str(key)) for key in section)
         for section in (resources.get("requests"), resources.get("limits"))
     )
 

@@ -4,10 +4,11 @@ evaluates them.
 - It accepts the conditions of a policy at the renderer's largest number of names (every
   condition is compiled, and checked, when a configuration is written).
 - It sends a pod to the webhook exactly when the webhook would count the pod as a GPU pod
-  (gpumem.demand): a probe webhook with the rendered conditions, scoped to one fresh
-  namespace, points at an address where nothing listens, so a pod it is sent to is refused
-  naming it (failurePolicy Fail) and any other pod is admitted. Pods are created with
-  dryRun=All, so nothing is stored.
+  (gpumem.demand), a resource pattern included, or the pod could reach a GPU without asking
+  (a device variable, a GPU RuntimeClass, a DRA claim: what the webhook denies). A probe
+  webhook with the rendered conditions, scoped to one fresh namespace, points at an address
+  where nothing listens, so a pod it is sent to is refused naming it (failurePolicy Fail) and
+  any other pod is admitted. Pods are created with dryRun=All, so nothing is stored.
 """
 
 from __future__ import annotations
@@ -28,7 +29,15 @@ from .harness import ClusterBase
 pytestmark = pytest.mark.e2e
 
 PROBE = "cel-probe.vramguard.io"
-POLICY = Policy.model_validate({"gpuResourceNames": ["nvidia.com/gpu", "amd.com/gpu"]})
+# A RuntimeClass of its own: the API server refuses a pod naming a class that does not exist
+# before any webhook is asked.
+RUNTIME_CLASS = unique_name("cel-gpu-runtime")
+POLICY = Policy.model_validate(
+    {
+        "gpuResourceNames": ["nvidia.com/gpu", "amd.com/gpu", "nvidia.com/mig-*"],
+        "gpuRuntimeClassNames": [RUNTIME_CLASS],
+    }
+)
 
 
 def configuration(name: str, namespace: str, policy: Policy) -> dict[str, Any]:
@@ -89,7 +98,13 @@ def test_the_api_server_accepts_the_most_names_the_renderer_writes(admission: An
 @pytest.fixture
 def probe(admission: Any, make_namespace: Callable[..., str]) -> Iterator[str]:
     """A namespace whose pod creations go through the probe webhook; yields its name."""
+    from kubernetes import client  # noqa: PLC0415
+
     namespace = make_namespace("cel")
+    node_v1 = client.NodeV1Api(admission.api_client)
+    node_v1.create_runtime_class(
+        client.V1RuntimeClass(metadata=client.V1ObjectMeta(name=RUNTIME_CLASS), handler="runc")
+    )
     # Named to sort before "vramguard": mutating webhooks run in the order of their
     # configurations' names, so the probe is asked first if vramguard's is registered too.
     name = unique_name("cel-probe")
@@ -98,6 +113,7 @@ def probe(admission: Any, make_namespace: Callable[..., str]) -> Iterator[str]:
         yield namespace
     finally:
         admission.delete_mutating_webhook_configuration(name)
+        node_v1.delete_runtime_class(RUNTIME_CLASS)
 
 
 def sent_to_probe(core_v1: Any, namespace: str, pod: dict[str, Any]) -> bool:
@@ -148,10 +164,41 @@ SAMPLES = {
         container("a"), init=[{**container("s", limits=GPUMEM), "restartPolicy": "Always"}]
     ),
     "a prefix of a name": spec(container("a", limits={"nvidia.com/gpu.shared": "1"})),
+    "a MIG profile (pattern)": spec(container("a", limits={"nvidia.com/mig-1g.10gb": "1"})),
+    "all cards by env": spec({**container("a"), "env": [{"name": "NVIDIA_VISIBLE_DEVICES"}]}),
+    "env on an init container": spec(
+        container("a"),
+        init=[{**container("i"), "env": [{"name": "NVIDIA_VISIBLE_DEVICES", "value": "all"}]}],
+    ),
+    "other env": spec({**container("a"), "env": [{"name": "CUDA_VISIBLE_DEVICES"}]}),
+    "the GPU runtime class": {
+        **spec(container("a")),
+        "spec": {**spec(container("a"))["spec"], "runtimeClassName": RUNTIME_CLASS},
+    },
+    "a DRA claim": {
+        **spec(container("a")),
+        "spec": {
+            **spec(container("a"))["spec"],
+            "resourceClaims": [{"name": "gpu", "resourceClaimName": "some-claim"}],
+        },
+    },
 }
 
 
-def test_a_pod_reaches_the_webhook_exactly_when_it_is_a_gpu_pod(core_v1: Any, probe: str) -> None:
+def reaches_a_gpu_unasked(pod: dict[str, Any], policy: Policy) -> bool:
+    """What the access conditions are to send, said plainly."""
+    pod_spec = pod["spec"]
+    containers = [*pod_spec["containers"], *pod_spec.get("initContainers", [])]
+    return (
+        any(e["name"] in policy.device_env_names for c in containers for e in c.get("env", []))
+        or pod_spec.get("runtimeClassName") in policy.gpu_runtime_class_names
+        or bool(pod_spec.get("resourceClaims"))
+    )
+
+
+def test_a_pod_reaches_the_webhook_exactly_when_the_webhook_judges_it(
+    core_v1: Any, probe: str
+) -> None:
     # The API server's webhook list follows a watch: wait until the probe is asked.
     deadline = time.monotonic() + 30
     while not sent_to_probe(core_v1, probe, SAMPLES["gpu limit"]):
@@ -159,7 +206,8 @@ def test_a_pod_reaches_the_webhook_exactly_when_it_is_a_gpu_pod(core_v1: Any, pr
         time.sleep(0.2)
     sent = {name: sent_to_probe(core_v1, probe, pod) for name, pod in SAMPLES.items()}
     expected = {
-        name: read_demand(pod, POLICY.resource_names).is_gpu for name, pod in SAMPLES.items()
+        name: read_demand(pod, POLICY.resource_names).is_gpu or reaches_a_gpu_unasked(pod, POLICY)
+        for name, pod in SAMPLES.items()
     }
     assert sent == expected
     assert {name for name, value in sent.items() if value} == {
@@ -170,4 +218,9 @@ def test_a_pod_reaches_the_webhook_exactly_when_it_is_a_gpu_pod(core_v1: Any, pr
         "second container",
         "gpu init container",
         "gpumem sidecar",
+        "a MIG profile (pattern)",
+        "all cards by env",
+        "env on an init container",
+        "the GPU runtime class",
+        "a DRA claim",
     }

@@ -22,6 +22,7 @@ from gpumem.match_conditions import (
     MAX_NAMES,
     MatchConditionsError,
     access_expression,
+    condition_lines,
     expression,
     expression_lines,
     expression_with_access,
@@ -88,12 +89,17 @@ def test_default_policy_renders_the_documented_shape() -> None:
         "(has(c.resources.limits) && "
         "('nvidia.com/gpu' in c.resources.limits || 'vramguard.io/gpumem' in c.resources.limits)))"
     )
+    env = "has(c.env) && c.env.exists(e, e.name == 'NVIDIA_VISIBLE_DEVICES')"
     assert match_conditions(DEFAULT) == [
         {
             "name": CONDITION_NAME,
             "expression": f"object.spec.containers.exists(c, {test}) || "
             "(has(object.spec.initContainers) && "
-            f"object.spec.initContainers.exists(c, {test}))",
+            f"object.spec.initContainers.exists(c, {test})) || "
+            f"object.spec.containers.exists(c, {env}) || "
+            f"(has(object.spec.initContainers) && object.spec.initContainers.exists(c, {env})) || "
+            "(has(object.spec.runtimeClassName) && object.spec.runtimeClassName in ['nvidia']) || "
+            "(has(object.spec.resourceClaims) && size(object.spec.resourceClaims) > 0)",
         }
     ]
 
@@ -120,7 +126,8 @@ def test_a_name_added_to_the_policy_is_in_every_test_of_the_rendering() -> None:
 def test_the_expression_is_its_lines_joined_with_single_spaces() -> None:
     lines = expression_lines(resource_names(WITH_AMD))
     assert expression(resource_names(WITH_AMD)) == " ".join(lines)
-    for line in lines:
+    assert match_conditions(WITH_AMD)[0]["expression"] == " ".join(condition_lines(WITH_AMD))
+    for line in (*lines, *condition_lines(WITH_AMD)):
         assert line == line.strip()
         assert "  " not in line  # a folded scalar would keep a double space, the chart not
 
@@ -235,6 +242,28 @@ def test_which_pods_are_sent(sample: dict[str, Any], sent: bool) -> None:
     assert read_demand(sample, DEFAULT.resource_names).is_gpu is sent
 
 
+MIG = Policy.model_validate({"gpuResourceNames": ["nvidia.com/gpu", "nvidia.com/mig-*"]})
+
+
+@pytest.mark.parametrize(
+    ("resources", "sent"),
+    [
+        pytest.param({"limits": {"nvidia.com/mig-1g.10gb": "1"}}, True, id="a MIG profile"),
+        pytest.param({"requests": {"nvidia.com/mig-3g.40gb": "1"}}, True, id="as a request"),
+        pytest.param({"limits": {"nvidia.com/gpu.shared": "1"}}, False, id="another prefix"),
+        pytest.param({"limits": {"nvidia.com/mig": "1"}}, False, id="the prefix less its dash"),
+        pytest.param({"limits": {"cpu": "1"}}, False, id="cpu"),
+    ],
+)
+def test_a_pattern_sends_every_name_it_matches(resources: dict[str, Any], sent: bool) -> None:
+    sample = pod(container(), init=[{"name": "i", "image": "busybox", "resources": resources}])
+    assert sends(MIG, sample) is sent
+    assert read_demand(sample, MIG.resource_names).is_gpu is sent
+    assert "c.resources.limits.exists(r, r.startsWith('nvidia.com/mig-'))" in (
+        expression(resource_names(MIG))
+    )
+
+
 def test_a_name_added_to_the_policy_is_sent() -> None:
     amd = pod(container(), init=[container("init", limits={"amd.com/gpu": "1"})])
     assert not sends(DEFAULT, amd)
@@ -254,7 +283,15 @@ def test_the_guards_are_what_keeps_it_from_raising() -> None:
 # Pods the generator can build: any mix of names (ours and others) in requests and limits,
 # containers and init containers, with or without each optional field.
 _NAMES = st.sampled_from(
-    ["nvidia.com/gpu", "vramguard.io/gpumem", "amd.com/gpu", "cpu", "memory", "nvidia.com/mig"]
+    [
+        "nvidia.com/gpu",
+        "vramguard.io/gpumem",
+        "amd.com/gpu",
+        "cpu",
+        "memory",
+        "nvidia.com/mig",
+        "nvidia.com/mig-2g.20gb",
+    ]
 )
 _QUANTITIES = st.dictionaries(_NAMES, st.just("1"), max_size=3)
 _RESOURCES = st.fixed_dictionaries({}, optional={"requests": _QUANTITIES, "limits": _QUANTITIES})
@@ -269,7 +306,7 @@ _SPEC = st.fixed_dictionaries(
     {"containers": st.lists(_CONTAINER, min_size=1, max_size=3)},
     optional={"initContainers": st.lists(_CONTAINER, max_size=2)},
 )
-_POLICIES = st.sampled_from([DEFAULT, WITH_AMD])
+_POLICIES = st.sampled_from([DEFAULT, WITH_AMD, MIG])
 
 
 @settings(max_examples=150, deadline=None)
@@ -281,7 +318,7 @@ def test_the_cel_sends_exactly_the_pods_the_webhook_counts(
     assert sends(policy, sample) is read_demand(sample, policy.resource_names).is_gpu
 
 
-# --- pods that may reach a GPU without a GPU request (not wired into the file yet) ----------
+# --- pods that may reach a GPU without a GPU request ----------------------------------------
 
 ACCESS_SAMPLES = [
     pytest.param(
@@ -321,8 +358,9 @@ def test_the_access_conditions_send_the_pods_the_webhook_judges(
     sample: dict[str, Any], sent: bool
 ) -> None:
     """Evaluated by cel-python: a pod the webhook would deny for reaching a GPU without a GPU
-    request must be sent to it at all (today's conditions send only GPU pods)."""
+    request must be sent to it at all."""
     assert evaluate(expression_with_access(DEFAULT), sample) is sent
+    assert sends(DEFAULT, sample) is sent
 
 
 def test_the_access_conditions_follow_the_policy() -> None:
@@ -331,3 +369,57 @@ def test_the_access_conditions_follow_the_policy() -> None:
     )
     assert access_expression(policy) == ""
     assert expression_with_access(policy) == expression(resource_names(policy))
+
+
+_ENV = st.lists(
+    st.fixed_dictionaries(
+        {"name": st.sampled_from(["NVIDIA_VISIBLE_DEVICES", "CUDA_VISIBLE_DEVICES", "PATH"])},
+        optional={"value": st.sampled_from(["all", "0", "void", "none", ""])},
+    ),
+    max_size=2,
+)
+_ACCESS_CONTAINER = st.builds(
+    lambda name, resources, env: (
+        {"name": name, "image": "busybox"}
+        | ({} if resources is None else {"resources": resources})
+        | ({} if env is None else {"env": env})
+    ),
+    st.sampled_from(["a", "b"]),
+    st.none() | _RESOURCES,
+    st.none() | _ENV,
+)
+_ACCESS_SPEC = st.fixed_dictionaries(
+    {"containers": st.lists(_ACCESS_CONTAINER, min_size=1, max_size=2)},
+    optional={
+        "initContainers": st.lists(_ACCESS_CONTAINER, max_size=2),
+        "runtimeClassName": st.sampled_from(["nvidia", "runc"]),
+        "resourceClaims": st.lists(st.just({"name": "gpu"}), max_size=1),
+    },
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(spec=_ACCESS_SPEC)
+def test_every_pod_the_webhook_judges_is_sent(spec: dict[str, Any]) -> None:
+    """The webhook decides a pod it is sent: a GPU pod, or one it may deny for reaching a GPU
+    without a request. Whatever it would deny or mutate must be sent; what it would leave
+    alone may be (the CEL does not read env values), and is answered "not a GPU pod"."""
+    from webhook.decide import decide  # noqa: PLC0415
+    from webhook.models import AdmissionRequest  # noqa: PLC0415
+    from webhook.view import ClusterView  # noqa: PLC0415
+
+    sample = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": spec}
+    request = AdmissionRequest.model_validate(
+        {
+            "uid": "u",
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "operation": "CREATE",
+            "namespace": "tenant",
+            "object": sample,
+        }
+    )
+    reply = decide(request, DEFAULT, ClusterView())
+    left_alone = reply.allowed and not reply.patch and not reply.warnings
+    if not sends(DEFAULT, sample):
+        assert left_alone, reply

@@ -81,7 +81,11 @@ def test_empty_file_is_refused(text: str) -> None:
         ("defaults: {gpumemMiB: 0}", "defaults.gpumemMiB"),
         ("defaults: {gpumemMb: 10}", "defaults.gpumemMb: Extra inputs are not permitted"),
         ("gpuResourceNames: []", "gpuResourceNames"),
-        ("gpuResourceNames: ['not a name']", "'not a name' is not a valid resource name"),
+        ("gpuResourceNames: ['not a name']", "'not a name' is neither a valid resource name"),
+        ("gpuResourceNames: ['*']", "'*' is neither a valid resource name nor a pattern"),
+        ("gpuResourceNames: ['mig-*']", "nor a pattern (vendor.example/prefix*)"),
+        ("gpuResourceNames: ['nvidia.com/m*g']", "neither a valid resource name"),
+        ("gpuResourceNames: ['vramguard.io/*']", "must not also be listed in (or match)"),
         ("gpumemResourceName: nvidia.com/gpu", "must not also be listed"),
         ("namespaces: {Bad_NS: {}}", "'Bad_NS' is not a valid namespace name"),
         ("namespaces: {ok: {priorityClassName: UPPER}}", "namespaces.ok.priorityClassName"),
@@ -104,6 +108,23 @@ def test_invalid_policy_names_the_field(text: str, message: str) -> None:
         parse_policy(text, "policy.yaml")
     assert str(info.value).startswith("policy.yaml: ")
     assert message in str(info.value)
+
+
+def test_patterns_match_by_prefix_names_exactly() -> None:
+    names = parse_policy("gpuResourceNames: [nvidia.com/gpu, nvidia.com/mig-*]").resource_names
+    assert names.gpu == {"nvidia.com/gpu"}
+    assert names.gpu_prefixes == ("nvidia.com/mig-",)
+    for resource, gpu in [
+        ("nvidia.com/gpu", True),
+        ("nvidia.com/mig-1g.10gb", True),
+        ("nvidia.com/mig-", True),
+        ("nvidia.com/gpu.shared", False),
+        ("nvidia.com/mig", False),
+        ("amd.com/gpu", False),
+    ]:
+        assert names.is_gpu_resource(resource) is gpu, resource
+    assert names.marks_gpu("vramguard.io/gpumem")
+    assert not names.is_gpu_resource("vramguard.io/gpumem")
 
 
 def test_load_policy_not_utf8(tmp_path: Path) -> None:

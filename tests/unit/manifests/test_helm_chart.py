@@ -405,6 +405,26 @@ POLICIES = [
         {"gpuResourceNames": ["nvidia.com/gpu", "amd.com/gpu", "nvidia.com/gpu"]},
         id="repeated names",
     ),
+    pytest.param(
+        {"gpuResourceNames": ["nvidia.com/gpu", "nvidia.com/mig-*", "nvidia.com/gpu.*"]},
+        id="patterns",
+    ),
+    pytest.param(
+        {"deviceEnvNames": [], "gpuRuntimeClassNames": [], "allowResourceClaims": True},
+        id="no access rules",
+    ),
+    pytest.param(
+        {
+            "deviceEnvNames": ["NVIDIA_VISIBLE_DEVICES", "CUDA_VISIBLE_DEVICES"],
+            "gpuRuntimeClassNames": ["nvidia", "nvidia-cdi"],
+        },
+        id="more access rules",
+    ),
+    # Helm drops a key set to null: the policy's default applies, in the chart as in the file.
+    pytest.param(
+        {"deviceEnvNames": None, "gpuRuntimeClassNames": None, "allowResourceClaims": None},
+        id="access rules left to the defaults",
+    ),
 ]
 
 
@@ -415,7 +435,8 @@ def test_match_conditions_are_the_renderers(helm: Path, change: dict[str, Any]) 
     from gpumem.match_conditions import match_conditions  # noqa: PLC0415
 
     base = yaml.safe_load((BASE / "policy.yaml").read_text("utf-8"))
-    policy = Policy.model_validate({**base, **change})
+    merged = {key: value for key, value in {**base, **change}.items() if value is not None}
+    policy = Policy.model_validate(merged)
     assert _match_conditions(render(helm, {"policy": change})) == match_conditions(policy)
 
 
@@ -456,6 +477,16 @@ def test_scheduler_manages_the_policys_resources(helm: Path) -> None:
     assert _managed(render(helm, {"policy": policy})) == [
         {"name": name, "ignoredByScheduler": False}
         for name in ("x.io/mem", "nvidia.com/gpu", "amd.com/gpu")
+    ]
+
+
+def test_a_resource_pattern_is_not_a_managed_resource(helm: Path) -> None:
+    """kube-scheduler takes only names; a pattern's pods reach the extender by the GPU memory
+    the webhook gives every GPU pod (managed first)."""
+    policy = {"gpuResourceNames": ["nvidia.com/gpu", "nvidia.com/mig-*"]}
+    assert [m["name"] for m in _managed(render(helm, {"policy": policy}))] == [
+        "vramguard.io/gpumem",
+        "nvidia.com/gpu",
     ]
 
 
@@ -857,9 +888,14 @@ def test_another_release_namespace(helm: Path) -> None:
     )
     (hook,) = webhook["webhooks"]
     assert hook["clientConfig"]["service"]["namespace"] == "gpu-system"
+    # kube-system, the release's, the node agent's, then the policy's excludedNamespaces.
     assert hook["namespaceSelector"]["matchExpressions"][0]["values"] == [
         "kube-system",
         "gpu-system",
+        "vramguard-node",
+        "vramguard",
+        "gpu-operator",
+        "gpu-operator-resources",
     ]
     certificate = find(docs, "Certificate", "vramguard-webhook")
     assert certificate["spec"]["dnsNames"][0] == "vramguard-webhook.gpu-system.svc"

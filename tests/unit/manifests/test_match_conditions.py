@@ -63,7 +63,7 @@ def test_an_invalid_policy_is_reported_not_rendered(tmp_path: Path) -> None:
     bad.write_text('gpuResourceNames: ["it\'s"]\n')
     result = generator("--policy", str(bad))
     assert result.returncode == 1
-    assert "not a valid resource name" in result.stderr
+    assert "is neither a valid resource name nor a pattern" in result.stderr
 
 
 def test_an_overlay_with_its_own_policy_patches_its_conditions(
@@ -110,3 +110,16 @@ def test_an_overlay_with_its_own_policy_patches_its_conditions(
     assert {k: v for k, v in webhook.items() if k != "matchConditions"} == {
         k: v for k, v in base_webhook.items() if k != "matchConditions"
     }
+
+
+def test_the_namespaces_never_sent_are_the_policys_excluded_ones() -> None:
+    """The API server never calls the webhook for the policy's excludedNamespaces (the GPU
+    stack's own pods, which the access conditions would otherwise send), and for nothing
+    else: a namespace excluded here but not in the policy would escape with no trace."""
+    (configuration,) = objects(WEBHOOK_FILE)
+    (webhook,) = configuration["webhooks"]
+    (selector,) = webhook["namespaceSelector"]["matchExpressions"]
+    assert (selector["key"], selector["operator"]) == ("kubernetes.io/metadata.name", "NotIn")
+    policy = load_policy(POLICY_FILE)
+    assert selector["values"] == list(policy.excluded_namespaces)
+    assert {"kube-system", "vramguard", "vramguard-node"} <= set(selector["values"])

@@ -786,3 +786,25 @@ ACCESS_ALLOWED = [
 @pytest.mark.parametrize(("obj", "policy"), ACCESS_ALLOWED)
 def test_gpu_access_that_is_allowed(obj: dict[str, Any], policy: Any) -> None:
     assert decide_pod(obj, policy).allowed
+
+
+def test_a_resource_pattern_makes_a_gpu_pod_and_a_gpu_request() -> None:
+    """gpuResourceNames: nvidia.com/mig-*: a MIG profile's pod gets its budget, and its
+    container may carry the device variable (the device plugin sets it to the MIG device)."""
+    policy = parse_policy(
+        "gpuResourceNames: [nvidia.com/gpu, nvidia.com/mig-*]\n"
+        "defaults: {priorityClassName: tier-2-gpu, gpumemMiB: 1024}\n",
+        "test policy",
+    )
+    mig = {"nvidia.com/mig-1g.10gb": "1"}
+    obj = pod(
+        container("cuda", requests=mig, limits=mig, env=[_env("NVIDIA_VISIBLE_DEVICES", "all")])
+    )
+    reply = decide_pod(obj, policy)
+    assert reply.allowed, reply
+    assert gpumem_of(applied(obj, reply))["cuda"] == ("1024", "1024")
+    # Without the pattern the same pod is no GPU pod, and its variable is denied.
+    denied = decide_pod(obj, make_policy())
+    assert not denied.allowed
+    assert denied.status is not None
+    assert "sets NVIDIA_VISIBLE_DEVICES=all without requesting a GPU" in denied.status.message

@@ -115,7 +115,9 @@ well as the webhook.
 {{- $gpumem := .Values.policy.gpumemResourceName -}}
 {{- $managed := list (dict "name" $gpumem "ignoredByScheduler" false) -}}
 {{- range (include "vramguard.resourceNames" . | fromYamlArray) }}
-{{- if ne . $gpumem }}{{ $managed = append $managed (dict "name" . "ignoredByScheduler" false) }}{{ end -}}
+{{- /* A pattern is no resource name; its pods reach the extender by the GPU memory the
+webhook gives every GPU pod. */ -}}
+{{- if and (ne . $gpumem) (not (hasSuffix "*" .)) }}{{ $managed = append $managed (dict "name" . "ignoredByScheduler" false) }}{{ end -}}
 {{- end }}
 {{- range $config.extenders }}
 {{- $_ := set . "managedResources" $managed -}}
@@ -142,7 +144,7 @@ gpumemResourceName, each once (gpumem/match_conditions.py resource_names).
 {{- end }}
 
 {{/*
-The webhook's CEL condition, byte for byte what gpumem/match_conditions.py `expression`
+The webhook's CEL condition, byte for byte what gpumem/match_conditions.py `match_conditions`
 writes (a test compares the two for several policies): see that module for why this shape.
 */}}
 {{- define "vramguard.matchExpression" -}}
@@ -150,11 +152,47 @@ writes (a test compares the two for several policies): see that module for why t
 {{- $requests := list -}}
 {{- $limits := list -}}
 {{- range $names }}
+{{- if hasSuffix "*" . }}
+{{- /* A pattern scans the keys (match_conditions._test). */ -}}
+{{- $requests = append $requests (printf "c.resources.requests.exists(r, r.startsWith('%s'))" (trimSuffix "*" .)) -}}
+{{- $limits = append $limits (printf "c.resources.limits.exists(r, r.startsWith('%s'))" (trimSuffix "*" .)) -}}
+{{- else }}
 {{- $requests = append $requests (printf "'%s' in c.resources.requests" .) -}}
 {{- $limits = append $limits (printf "'%s' in c.resources.limits" .) -}}
 {{- end }}
+{{- end }}
 {{- $test := printf "has(c.resources) && ((has(c.resources.requests) && (%s)) || (has(c.resources.limits) && (%s)))" (join " || " $requests) (join " || " $limits) -}}
 {{- printf "object.spec.containers.exists(c, %s) || (has(object.spec.initContainers) && object.spec.initContainers.exists(c, %s))" $test $test -}}
+{{- /* The ways to a GPU without a GPU request (match_conditions.access_parts). A key the
+values leave out takes the policy's default, as the webhook reading the same file would;
+Helm drops a key set to null, and `default` would take an empty list for a missing one. */ -}}
+{{- $policy := .Values.policy -}}
+{{- $envs := ternary $policy.deviceEnvNames (list "NVIDIA_VISIBLE_DEVICES") (hasKey $policy "deviceEnvNames") -}}
+{{- $classes := ternary $policy.gpuRuntimeClassNames (list "nvidia") (hasKey $policy "gpuRuntimeClassNames") -}}
+{{- with $envs }}
+{{- $matches := list -}}
+{{- range . }}{{ $matches = append $matches (printf "e.name == '%s'" .) }}{{ end -}}
+{{- $env := printf "has(c.env) && c.env.exists(e, %s)" (join " || " $matches) -}}
+{{- printf " || object.spec.containers.exists(c, %s) || (has(object.spec.initContainers) && object.spec.initContainers.exists(c, %s))" $env $env -}}
+{{- end }}
+{{- with $classes }}
+{{- $quoted := list -}}
+{{- range . }}{{ $quoted = append $quoted (printf "'%s'" .) }}{{ end -}}
+{{- printf " || (has(object.spec.runtimeClassName) && object.spec.runtimeClassName in [%s])" (join ", " $quoted) -}}
+{{- end }}
+{{- if not $policy.allowResourceClaims }}
+{{- print " || (has(object.spec.resourceClaims) && size(object.spec.resourceClaims) > 0)" -}}
+{{- end }}
+{{- end }}
+
+{{/*
+The namespaces the API server never sends to the webhook: kube-system, the release's, the node
+agent's and policy.excludedNamespaces (which the webhook would leave alone anyway), each once.
+*/}}
+{{- define "vramguard.excludedNamespaces" -}}
+{{- $names := list "kube-system" .Release.Namespace .Values.nodeAgent.namespace -}}
+{{- range (.Values.policy.excludedNamespaces | default list) }}{{ $names = append $names . }}{{ end -}}
+{{- toJson (uniq $names) }}
 {{- end }}
 
 {{/* The Secret the webhook serves from, in the modes where it does not write it itself. */}}
