@@ -163,15 +163,3 @@ def _effective_mib(containers: tuple[ContainerGpumem, ...], overhead: int | None
         else:
             init_peak = max(init_peak, sidecars + (c.declared_mib or 0))
     return max(app + sidecars, init_peak) + (overhead or 0)
-
-
-def counted_mib(declared: int | None, minimum: int) -> int:
-    """The GPU memory the fit rule should count for a GPU pod: its declaration, never below
-    the policy's minGpumemMiB (Policy.min_gpumem_mib, at least 1).
-
-    The webhook denies declarations below the minimum, but the extender also meets GPU pods
-    the webhook never judged (created before the rule, in an excluded namespace, while the
-    webhook's matchConditions missed them) and a pod whose declaration it cannot read: a 0
-    there would fit every node and reserve nothing, so it counts as the minimum instead.
-    """
-    return max(declared or 0, minimum)

@@ -2,7 +2,7 @@ from typing import Any
 
 import pytest
 
-from gpumem.demand import DemandError, ResourceNames, counted_mib, read_demand
+from gpumem.demand import DemandError, ResourceNames, read_demand
 
 NAMES = ResourceNames(gpu=frozenset({"nvidia.com/gpu"}), gpumem="vramguard.io/gpumem")
 
@@ -111,15 +111,3 @@ def test_first_gpu_container_falls_back_to_init() -> None:
 def test_unreadable_declaration_names_the_container() -> None:
     with pytest.raises(DemandError, match=r"'a'.*vramguard\.io/gpumem"):
         read_demand(pod([container("a", {"vramguard.io/gpumem": "lots"})]), NAMES)
-
-
-@pytest.mark.parametrize(
-    ("declared", "minimum", "counted"),
-    [(None, 1, 1), (0, 1, 1), (0, 256, 256), (100, 256, 256), (3000, 256, 3000)],
-)
-def test_counted_mib_is_never_below_the_minimum(
-    declared: int | None, minimum: int, counted: int
-) -> None:
-    """What the extender should count for a pod that declares 0 (or nothing readable): a
-    budget of 0 fits every node and reserves nothing."""
-    assert counted_mib(declared, minimum) == counted
