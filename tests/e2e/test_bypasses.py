@@ -58,3 +58,38 @@ def test_bypasses_are_denied_or_corrected(
     assert admitted.spec.priority_class_name == policy["defaults"]["priorityClassName"]
     assert admitted.spec.priority < 2000001000
     assert admitted.spec.scheduler_name == SCHEDULER_NAME
+
+
+def test_a_pod_without_a_gpu_request_cannot_take_the_cards_by_env(
+    core_v1: Any,
+    local_vramguard: LocalVramguard,
+    make_namespace: Callable[..., str],
+) -> None:
+    """The webhook's matchConditions send it pods that name a device variable with no GPU
+    request at all (not only GPU pods with such a sidecar), so the API server refuses them;
+    `void` is sent too and admitted, and a CPU pod is never sent."""
+    from kubernetes import client  # noqa: PLC0415
+
+    del local_vramguard  # registered: that is all this test needs of it
+    namespace = make_namespace("tenant")
+
+    def cpu_pod(name: str, env: list[Any] | None) -> Any:
+        return client.V1Pod(
+            metadata=client.V1ObjectMeta(name=name, namespace=namespace),
+            spec=client.V1PodSpec(
+                containers=[client.V1Container(name="app", image="pause", env=env)]
+            ),
+        )
+
+    every_card = cpu_pod(
+        "every-card", [client.V1EnvVar(name="NVIDIA_VISIBLE_DEVICES", value="all")]
+    )
+    assert "container app sets NVIDIA_VISIBLE_DEVICES=all without requesting a GPU" in (
+        _denied(core_v1, namespace, every_card)
+    )
+    void = cpu_pod("void", [client.V1EnvVar(name="NVIDIA_VISIBLE_DEVICES", value="void")])
+    assert core_v1.create_namespaced_pod(namespace, void, dry_run="All").spec.scheduler_name != (
+        SCHEDULER_NAME
+    )
+    plain = cpu_pod("plain", None)
+    assert core_v1.create_namespaced_pod(namespace, plain, dry_run="All").metadata.name == "plain"
