@@ -64,6 +64,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from gpumem.marked_block import replace_marked
 from gpumem.policy import Policy
 
 POLICY_NAME = "vramguard-ephemeral-gpu-env"
@@ -260,16 +261,13 @@ def has_block(text: str) -> bool:
 def replace_block(text: str, policy: Policy) -> str:
     """`text` (the policy's YAML file) with the marked block rendered anew from the policy;
     everything outside the markers is kept byte for byte."""
-    lines = text.splitlines(keepends=True)
-    begins = [i for i, line in enumerate(lines) if line.lstrip().startswith(BEGIN_MARKER)]
-    ends = [i for i, line in enumerate(lines) if line.lstrip().startswith(END_MARKER)]
-    if len(begins) != 1 or len(ends) != 1 or ends[0] < begins[0]:
-        raise EphemeralPolicyError(
-            f"expected one {BEGIN_MARKER!r} line followed by one {END_MARKER!r} line"
-        )
-    begin, end = begins[0], ends[0]
-    indent = len(lines[begin]) - len(lines[begin].lstrip())
-    return "".join([*lines[:begin], render_block(policy, indent), *lines[end + 1 :]])
+    return replace_marked(
+        text,
+        BEGIN_MARKER,
+        END_MARKER,
+        lambda indent: render_block(policy, indent),
+        EphemeralPolicyError,
+    )
 
 
 def strategic_merge_patch(policy: Policy) -> Mapping[str, object]:
