@@ -806,5 +806,4 @@ def test_a_resource_pattern_makes_a_gpu_pod_and_a_gpu_request() -> None:
     # Without the pattern the same pod is no GPU pod, and its variable is denied.
     denied = decide_pod(obj, make_policy())
     assert not denied.allowed
-    assert denied.status is not None
-    assert "sets NVIDIA_VISIBLE_DEVICES=all without requesting a GPU" in denied.status.message
+    assert "sets NVIDIA_VISIBLE_DEVICES=all without requesting a GPU" in denied.message
