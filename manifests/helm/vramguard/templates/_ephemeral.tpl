@@ -37,10 +37,3 @@ variables.added.filter(c, has(c.env) && c.env.exists(e, {{ include "vramguard.ep
 'ephemeral container ' + variables.deviceEnv[0].name + ' sets ' + variables.deviceEnv[0].env.filter(e, {{ include "vramguard.ephemeral.envTest" . }}).map(e, e.name + (has(e.valueFrom) ? ' from valueFrom' : '=' + e.value))[0] + ': ephemeral containers cannot request a GPU, so the container runtime would hand it those cards outside any GPU-memory budget; leave the variable out or set it to void (namespace ' + request.namespace + ')'
 {{- end }}
 
-{{/*
-The namespaces not judged: kube-system, the release's, the node agent's, then
-policy.excludedNamespaces; each once (gpumem/ephemeral_policy.py excluded_namespaces).
-*/}}
-{{- define "vramguard.ephemeral.excludedNamespaces" -}}
-{{- concat (list "kube-system" .Release.Namespace .Values.nodeAgent.namespace) (.Values.policy.excludedNamespaces | default (list)) | uniq | toJson | replace "\",\"" "\", \"" }}
-{{- end }}
