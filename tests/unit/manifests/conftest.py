@@ -116,6 +116,53 @@ def downward_env(pod_spec: Mapping[str, Any], container: str, namespace: str) ->
     return env
 
 
+def policy_generator(*args: str) -> subprocess.CompletedProcess[str]:
+    """`python -m gpumem match-conditions ARGS`, run from the repository root."""
+    return subprocess.run(
+        [sys.executable, "-m", "gpumem", "match-conditions", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def build_policy_overlay(
+    kustomize: Path,
+    root: Path,
+    policy: Mapping[str, Any],
+    patch_flag: str,
+    kustomization: Mapping[str, Any],
+) -> tuple[Path, list[K8sObject]]:
+    """The recipe for an overlay with a policy of its own, built with kustomize: a copy of
+    manifests/ under `root`, an overlay beside it with `policy` as its policy.yaml, the
+    generator's `patch_flag` output (--patch, --patch-ephemeral) as its patch, and the fields
+    of `kustomization` in its kustomization.yaml. Returns the overlay and what it builds."""
+    overlay = root / "my-overlay"
+    overlay.mkdir()
+    (overlay / "policy.yaml").write_text(yaml.safe_dump(dict(policy)))
+    patch = policy_generator("--policy", str(overlay / "policy.yaml"), patch_flag)
+    assert patch.returncode == 0, patch.stderr
+    (overlay / "patch.yaml").write_text(patch.stdout)
+    (overlay / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": [str(Path("..") / "manifests" / "base")],
+                **kustomization,
+                "patches": [{"path": "patch.yaml"}],
+            }
+        )
+    )
+    shutil.copytree(MANIFESTS, root / "manifests")
+    result = subprocess.run(
+        [str(kustomize), "build", str(overlay)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    return overlay, [d for d in yaml.safe_load_all(result.stdout) if d]
+
+
 def base_objects() -> list[K8sObject]:
     """Every Kubernetes object in manifests/base, as written (before kustomize)."""
     docs: list[K8sObject] = []

@@ -5,9 +5,6 @@ byte for byte, from its policy value."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,22 +14,22 @@ import yaml
 from gpumem.ephemeral_policy import POLICY_NAME, policy_spec, replace_block
 from gpumem.policy import Policy, load_policy
 
-from .conftest import BASE, DEFAULT, MAKEFILE, MANIFESTS, REPO, K8sObject, named, objects
+from .conftest import (
+    BASE,
+    DEFAULT,
+    MAKEFILE,
+    REPO,
+    K8sObject,
+    build_policy_overlay,
+    named,
+    objects,
+    policy_generator,
+)
 from .test_helm_chart import find, render
 
 POLICY_FILE = BASE / "policy.yaml"
 VAP_FILE = BASE / "ephemeral-containers-policy.yaml"
 BINDING = {"policyName": POLICY_NAME, "validationActions": ["Deny"]}
-
-
-def generator(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gpumem", "match-conditions", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
 
 
 def _pair(docs: list[K8sObject]) -> tuple[K8sObject, K8sObject]:
@@ -76,17 +73,17 @@ def test_check_and_write_follow_the_policy(tmp_path: Path) -> None:
     changed.write_text(yaml.safe_dump(policy))
     webhook = BASE / "mutatingwebhook.yaml"
 
-    assert generator("--policy", str(POLICY_FILE), "--check", str(VAP_FILE)).returncode == 0
-    stale = generator("--policy", str(changed), "--check", str(webhook), str(VAP_FILE))
+    assert policy_generator("--policy", str(POLICY_FILE), "--check", str(VAP_FILE)).returncode == 0
+    stale = policy_generator("--policy", str(changed), "--check", str(webhook), str(VAP_FILE))
     assert stale.returncode == 1
     assert f"{VAP_FILE}: the rendered CEL differs" in stale.stderr
     assert "make match-conditions" in stale.stderr
 
     copy = tmp_path / VAP_FILE.name
     copy.write_text(VAP_FILE.read_text("utf-8"))
-    assert generator("--policy", str(changed), "--write", str(copy)).returncode == 0
+    assert policy_generator("--policy", str(changed), "--write", str(copy)).returncode == 0
     assert "['NVIDIA_VISIBLE_DEVICES', 'CUDA_VISIBLE_DEVICES']" in copy.read_text("utf-8")
-    assert generator("--policy", str(changed), "--check", str(copy)).returncode == 0
+    assert policy_generator("--policy", str(changed), "--check", str(copy)).returncode == 0
     (vap, _) = _pair(objects(copy))
     assert vap["spec"] == policy_spec(load_policy(changed))
 
@@ -94,7 +91,7 @@ def test_check_and_write_follow_the_policy(tmp_path: Path) -> None:
 def test_a_file_without_markers_is_refused(tmp_path: Path) -> None:
     plain = tmp_path / "plain.yaml"
     plain.write_text("kind: ConfigMap\n")
-    result = generator("--policy", str(POLICY_FILE), "--check", str(plain))
+    result = policy_generator("--policy", str(POLICY_FILE), "--check", str(plain))
     assert result.returncode == 1
     assert "block to render" in result.stderr
 
@@ -102,31 +99,11 @@ def test_a_file_without_markers_is_refused(tmp_path: Path) -> None:
 def test_an_overlay_with_its_own_policy_patches_it(kustomize: Path, tmp_path: Path) -> None:
     """The recipe in the file's comment, built: the patch gives the overlay's policy object the
     overlay policy's variables and namespaces, and leaves the rest as the base has it."""
-    overlay = tmp_path / "my-overlay"
-    overlay.mkdir()
     policy = yaml.safe_load(POLICY_FILE.read_text("utf-8"))
     policy["deviceEnvNames"] = ["CUDA_VISIBLE_DEVICES"]
     policy["excludedNamespaces"] = ["kube-system", "research"]
-    (overlay / "policy.yaml").write_text(yaml.safe_dump(policy))
-    patch = generator("--policy", str(overlay / "policy.yaml"), "--patch-ephemeral")
-    assert patch.returncode == 0, patch.stderr
-    (overlay / "ephemeral.yaml").write_text(patch.stdout)
-    (overlay / "kustomization.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "kustomize.config.k8s.io/v1beta1",
-                "kind": "Kustomization",
-                "resources": [str(Path("..") / "manifests" / "base")],
-                "patches": [{"path": "ephemeral.yaml"}],
-            }
-        )
-    )
-    shutil.copytree(MANIFESTS, tmp_path / "manifests")
-    result = subprocess.run(
-        [str(kustomize), "build", str(overlay)], capture_output=True, text=True, check=False
-    )
-    assert result.returncode == 0, result.stderr
-    vap, binding = _pair([d for d in yaml.safe_load_all(result.stdout) if d])
+    overlay, docs = build_policy_overlay(kustomize, tmp_path, policy, "--patch-ephemeral", {})
+    vap, binding = _pair(docs)
     assert vap["spec"] == policy_spec(load_policy(overlay / "policy.yaml"))
     assert binding["spec"] == BINDING
 

@@ -4,9 +4,6 @@ render its own through the generator's patch."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import yaml
@@ -14,20 +11,10 @@ import yaml
 from gpumem.match_conditions import match_conditions, replace_block
 from gpumem.policy import load_policy
 
-from .conftest import BASE, MANIFESTS, REPO, named, objects
+from .conftest import BASE, build_policy_overlay, named, objects, policy_generator
 
 WEBHOOK_FILE = BASE / "mutatingwebhook.yaml"
 POLICY_FILE = BASE / "policy.yaml"
-
-
-def generator(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gpumem", "match-conditions", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
 
 
 def test_the_webhook_file_is_the_rendering_of_the_base_policy() -> None:
@@ -46,22 +33,23 @@ def test_check_fails_when_the_policy_names_another_resource(tmp_path: Path) -> N
     changed = tmp_path / "policy.yaml"
     changed.write_text(yaml.safe_dump(policy))
 
-    assert generator("--policy", str(POLICY_FILE), "--check", str(WEBHOOK_FILE)).returncode == 0
-    stale = generator("--policy", str(changed), "--check", str(WEBHOOK_FILE))
+    current = policy_generator("--policy", str(POLICY_FILE), "--check", str(WEBHOOK_FILE))
+    assert current.returncode == 0
+    stale = policy_generator("--policy", str(changed), "--check", str(WEBHOOK_FILE))
     assert stale.returncode == 1
     assert "make match-conditions" in stale.stderr
 
     copy = tmp_path / "mutatingwebhook.yaml"
     copy.write_text(WEBHOOK_FILE.read_text("utf-8"))
-    assert generator("--policy", str(changed), "--write", str(copy)).returncode == 0
+    assert policy_generator("--policy", str(changed), "--write", str(copy)).returncode == 0
     assert "'amd.com/gpu' in c.resources.limits" in copy.read_text("utf-8")
-    assert generator("--policy", str(changed), "--check", str(copy)).returncode == 0
+    assert policy_generator("--policy", str(changed), "--check", str(copy)).returncode == 0
 
 
 def test_an_invalid_policy_is_reported_not_rendered(tmp_path: Path) -> None:
     bad = tmp_path / "policy.yaml"
     bad.write_text('gpuResourceNames: ["it\'s"]\n')
-    result = generator("--policy", str(bad))
+    result = policy_generator("--policy", str(bad))
     assert result.returncode == 1
     assert "is neither a valid resource name nor a pattern" in result.stderr
 
@@ -71,38 +59,19 @@ def test_an_overlay_with_its_own_policy_patches_its_conditions(
 ) -> None:
     """The recipe in mutatingwebhook.yaml's comment, built: the overlay's policy replaces the
     base's, and the generated patch gives the webhook that policy's names."""
-    overlay = tmp_path / "my-overlay"
-    overlay.mkdir()
     policy = yaml.safe_load(POLICY_FILE.read_text("utf-8"))
     policy["gpuResourceNames"] = ["nvidia.com/gpu", "amd.com/gpu"]
-    (overlay / "policy.yaml").write_text(yaml.safe_dump(policy))
-    patch = generator("--policy", str(overlay / "policy.yaml"), "--patch")
-    assert patch.returncode == 0, patch.stderr
-    (overlay / "match-conditions.yaml").write_text(patch.stdout)
-    (overlay / "kustomization.yaml").write_text(
-        yaml.safe_dump(
+    policy_map = {
+        "configMapGenerator": [
             {
-                "apiVersion": "kustomize.config.k8s.io/v1beta1",
-                "kind": "Kustomization",
-                "resources": [str(Path("..") / "manifests" / "base")],
-                "configMapGenerator": [
-                    {
-                        "name": "vramguard-policy",
-                        "namespace": "vramguard",
-                        "behavior": "merge",
-                        "files": ["policy.yaml"],
-                    }
-                ],
-                "patches": [{"path": "match-conditions.yaml"}],
+                "name": "vramguard-policy",
+                "namespace": "vramguard",
+                "behavior": "merge",
+                "files": ["policy.yaml"],
             }
-        )
-    )
-    shutil.copytree(MANIFESTS, tmp_path / "manifests")
-    result = subprocess.run(
-        [str(kustomize), "build", str(overlay)], capture_output=True, text=True, check=False
-    )
-    assert result.returncode == 0, result.stderr
-    docs = [d for d in yaml.safe_load_all(result.stdout) if d]
+        ]
+    }
+    overlay, docs = build_policy_overlay(kustomize, tmp_path, policy, "--patch", policy_map)
     (webhook,) = named(docs, "MutatingWebhookConfiguration", "vramguard")["webhooks"]
     assert webhook["matchConditions"] == match_conditions(load_policy(overlay / "policy.yaml"))
     # The rest of the webhook is the base's, untouched by the patch.
