@@ -14,6 +14,7 @@ import yaml
 
 from gpumem import ephemeral_policy
 from gpumem.ephemeral_policy import EphemeralPolicyError
+from gpumem.marked_block import holds_marked
 from gpumem.match_conditions import (
     BEGIN_MARKER,
     MatchConditionsError,
@@ -108,10 +109,10 @@ def _match_conditions(args: argparse.Namespace) -> int:
 def _render_blocks(text: str, policy: Policy) -> str:
     """`text` with each marked block it holds rendered anew; a file with none is an error."""
     found = False
-    if any(line.lstrip().startswith(BEGIN_MARKER) for line in text.splitlines()):
+    if holds_marked(text, BEGIN_MARKER):
         text = replace_block(text, policy)
         found = True
-    if ephemeral_policy.has_block(text):
+    if holds_marked(text, ephemeral_policy.BEGIN_MARKER):
         text = ephemeral_policy.replace_block(text, policy)
         found = True
     if not found:

@@ -17,9 +17,9 @@ already in oldObject was judged when it was added, and the API server refuses an
 one; containers are matched by name, unique in a pod): a new ephemeral container is denied when
 one of its `env` entries has a name in `deviceEnvNames` (exact, case-sensitive) and either a
 `valueFrom` (its value is not known at admission) or a `value` other than "", "void" and "none"
-(NO_DEVICES, webhook.decide's set; compared exactly as there, so `VOID` is denied). No GPU
-request can excuse it, since an ephemeral container has none. `envFrom` is not read, as the
-webhook does not read it for this rule either.
+(gpumem.policy.NO_DEVICES, the webhook's set; compared exactly as there, so `VOID` is
+denied). No GPU request can excuse it, since an ephemeral container has none. `envFrom` is not
+read, as the webhook does not read it for this rule either.
 
 So the CEL is never written by hand: `python -m gpumem match-conditions` writes it into
 manifests/base/ephemeral-containers-policy.yaml (the block between BEGIN_MARKER and END_MARKER),
@@ -65,14 +65,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from gpumem.marked_block import replace_marked
-from gpumem.policy import Policy
+from gpumem.policy import NO_DEVICES, Policy
 
 POLICY_NAME = "vramguard-ephemeral-gpu-env"
 SUBRESOURCE = "pods/ephemeralcontainers"
-
-# webhook.decide.NO_DEVICES, in a fixed order for the CEL literal (a test keeps them equal;
-# gpumem cannot import the webhook).
-NO_DEVICES: tuple[str, ...] = ("", "void", "none")
 
 # Never judged whatever the policy says, as the webhook's namespaceSelector (the base's names;
 # the chart uses its release's and the node agent's namespaces).
@@ -251,11 +247,6 @@ def _wrap(text: str, width: int = 80) -> list[str]:
         else:
             lines.append(word)
     return lines
-
-
-def has_block(text: str) -> bool:
-    """Whether `text` holds the marked block (the CLI rewrites whichever blocks a file holds)."""
-    return any(line.lstrip().startswith(BEGIN_MARKER) for line in text.splitlines())
 
 
 def replace_block(text: str, policy: Policy) -> str:

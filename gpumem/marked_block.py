@@ -11,6 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 
+def holds_marked(text: str, begin_marker: str) -> bool:
+    """Whether `text` has a `begin_marker` line (the CLI renders whichever blocks a file
+    holds)."""
+    return any(line.lstrip().startswith(begin_marker) for line in text.splitlines())
+
+
 def replace_marked(
     text: str,
     begin_marker: str,

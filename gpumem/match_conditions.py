@@ -219,11 +219,6 @@ def access_parts(policy: Policy) -> tuple[str, ...]:
     return tuple(parts)
 
 
-def access_expression(policy: Policy) -> str:
-    """The access tests alone, as one expression ("" when the policy has none)."""
-    return " || ".join(access_parts(policy))
-
-
 def condition_lines(policy: Policy) -> tuple[str, ...]:
     """The one condition as it is laid out in the YAML file: the GPU request test, then each
     access test after its own `||` line."""

@@ -40,6 +40,12 @@ _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,253}$")
 _CLASS_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 
+# Values of a deviceEnvNames variable that give a container no card (NVIDIA Container
+# Toolkit): void or empty behave like runc, none mounts the driver but no GPU. Ordered, since
+# the ephemeral-container policy writes them as a CEL list; the webhook and that policy read
+# this one tuple.
+NO_DEVICES: tuple[str, ...] = ("", "void", "none")
+
 T = TypeVar("T")
 
 MiB = Annotated[int, Field(ge=0, le=16 * 1024 * 1024)]

@@ -12,7 +12,7 @@ from typing import Any
 
 from gpumem.demand import ContainerGpumem, DemandError, PodDemand, ResourceNames, read_demand
 from gpumem.hints import ContainerHints, LeftAlone, gpu_count, plan_container
-from gpumem.policy import NamespaceRules, Policy
+from gpumem.policy import NO_DEVICES, NamespaceRules, Policy
 from webhook import responses
 from webhook.models import AdmissionRequest
 from webhook.patching import PodDraft
@@ -20,9 +20,6 @@ from webhook.responses import Reply
 from webhook.view import ClassPriority, ClusterView
 
 DEFAULT_SCHEDULER = "default-scheduler"
-# NVIDIA_VISIBLE_DEVICES values that give no card (NVIDIA Container Toolkit): void or empty
-# behave like runc, none mounts the driver but no GPU.
-NO_DEVICES = frozenset({"", "void", "none"})
 WARNING_PREFIX = "vramguard: "
 # The API server prefixes each key with the webhook's name and a slash (e.g.
 # `pods.vramguard.io/gpumem`) and drops keys that then hold two slashes, so keys are plain names.

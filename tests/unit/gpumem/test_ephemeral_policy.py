@@ -22,13 +22,13 @@ from gpumem.ephemeral_policy import (
     END_MARKER,
     EphemeralPolicyError,
     excluded_namespaces,
-    has_block,
     policy_spec,
     render_block,
     replace_block,
     strategic_merge_patch,
 )
-from gpumem.policy import Policy
+from gpumem.marked_block import holds_marked
+from gpumem.policy import NO_DEVICES, Policy
 from webhook import decide
 
 DEFAULT = Policy()
@@ -168,9 +168,11 @@ def test_no_device_names_admit_everything() -> None:
     assert "e.name in [] &&" in policy_spec(NONE)["variables"][1]["expression"]
 
 
-def test_no_devices_are_the_webhooks() -> None:
-    assert frozenset(ephemeral_policy.NO_DEVICES) == decide.NO_DEVICES
-    assert len(ephemeral_policy.NO_DEVICES) == len(decide.NO_DEVICES)
+def test_no_devices_are_the_container_toolkits_values() -> None:
+    # One tuple, read by the webhook and written into this policy's CEL.
+    assert frozenset(NO_DEVICES) == {"", "void", "none"}
+    assert len(NO_DEVICES) == len(set(NO_DEVICES))
+    assert "['', 'void', 'none']" in ephemeral_policy.env_test(DEFAULT)
 
 
 ENV_NAMES = st.sampled_from(["NVIDIA_VISIBLE_DEVICES", "CUDA_VISIBLE_DEVICES", "PATH"])
@@ -215,7 +217,7 @@ def test_excluded_namespaces_are_the_systems_and_the_policys() -> None:
 def test_the_block_is_replaced_and_everything_else_kept() -> None:
     text = f"head: 1\nspec:\n  failurePolicy: Fail\n  {BEGIN_MARKER}\n  old: 1\n  {END_MARKER}\n"
     text += "tail: 2\n"
-    assert has_block(text)
+    assert holds_marked(text, BEGIN_MARKER)
     rendered = replace_block(text, DEFAULT)
     assert rendered.startswith("head: 1\nspec:\n  failurePolicy: Fail\n")
     assert rendered.endswith(f"  {END_MARKER}\ntail: 2\n")
