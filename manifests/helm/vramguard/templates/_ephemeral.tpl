@@ -5,16 +5,12 @@ compares the two for several policies): see that module for why this shape.
 */}}
 
 {{/*
-The device variables as a CEL list literal: policy.deviceEnvNames, or the policy's default
-(NVIDIA_VISIBLE_DEVICES) when the key is gone (Helm drops a key set to null, and the webhook's
-policy file then takes the default too). Names are environment variable names (the policy
-schema), so none can hold a quote.
+The device variables (vramguard.deviceEnvNames) as a CEL list literal. Names are environment
+variable names (the policy schema), so none can hold a quote.
 */}}
 {{- define "vramguard.ephemeral.envNames" -}}
-{{- $names := list "NVIDIA_VISIBLE_DEVICES" -}}
-{{- if hasKey .Values.policy "deviceEnvNames" }}{{ $names = .Values.policy.deviceEnvNames | default (list) }}{{ end -}}
 {{- $literals := list -}}
-{{- range $names }}{{ $literals = append $literals (printf "'%s'" .) }}{{ end -}}
+{{- range (include "vramguard.deviceEnvNames" . | fromJsonArray) }}{{ $literals = append $literals (printf "'%s'" .) }}{{ end -}}
 [{{ join ", " $literals }}]
 {{- end }}
 

@@ -167,7 +167,7 @@ writes (a test compares the two for several policies): see that module for why t
 values leave out takes the policy's default, as the webhook reading the same file would;
 Helm drops a key set to null, and `default` would take an empty list for a missing one. */ -}}
 {{- $policy := .Values.policy -}}
-{{- $envs := ternary $policy.deviceEnvNames (list "NVIDIA_VISIBLE_DEVICES") (hasKey $policy "deviceEnvNames") -}}
+{{- $envs := include "vramguard.deviceEnvNames" . | fromJsonArray -}}
 {{- $classes := ternary $policy.gpuRuntimeClassNames (list "nvidia") (hasKey $policy "gpuRuntimeClassNames") -}}
 {{- with $envs }}
 {{- $matches := list -}}
@@ -183,6 +183,15 @@ Helm drops a key set to null, and `default` would take an empty list for a missi
 {{- if not $policy.allowResourceClaims }}
 {{- print " || (has(object.spec.resourceClaims) && size(object.spec.resourceClaims) > 0)" -}}
 {{- end }}
+{{- end }}
+
+{{/*
+policy.deviceEnvNames as a JSON list, or the policy's default when the key is gone (Helm drops
+a key set to null, and the webhook's policy file then takes the default too). Read by the
+webhook's matchConditions and the ephemeral-container policy alike.
+*/}}
+{{- define "vramguard.deviceEnvNames" -}}
+{{- if hasKey .Values.policy "deviceEnvNames" }}{{ .Values.policy.deviceEnvNames | default list | toJson }}{{ else }}["NVIDIA_VISIBLE_DEVICES"]{{ end }}
 {{- end }}
 
 {{/*
