@@ -30,6 +30,7 @@ from starlette.routing import Route
 
 from extender.binding import BindCoordinator, Binder
 from extender.debug import describe_snapshot
+from extender.fit_memo import FitMemo, RecentFits
 from extender.metrics import ExtenderMetrics
 from extender.models import (
     ExtenderArgs,
@@ -46,6 +47,7 @@ from extender.scheduling import FilterResult, filter_nodes, need_mib, score_node
 from extender.settings import Settings
 from extender.store import ClusterStore
 from gpumem.demand import DemandError, PodDemand, read_demand
+from gpumem.fit import Limits
 from gpumem.policy import Policy
 from gpumem.policy_file import ReloadOutcome
 
@@ -179,23 +181,28 @@ class Endpoints(Probes):
         self._max_preemption_nodes = max_preemption_nodes
         self._binds = BindCoordinator(deps.store, deps.binder, deps.clock)
         self._stale_logged_at = -math.inf
+        self._fits = RecentFits()
 
     async def filter(self, request: Request) -> Response:
         args = await parse_extender_args(request)
         policy = self._deps.policy.current
         demand = read_pod(args.pod, policy)
         namespace, name = pod_key(args.pod)
-        self._store.remember_demand(
-            pod_uid(args.pod), namespace, name, need_mib(demand), is_gpu=demand.is_gpu
-        )
+        uid = pod_uid(args.pod)
+        need = need_mib(demand)
+        self._store.remember_demand(uid, namespace, name, need, is_gpu=demand.is_gpu)
+        snapshot, now = self._store.snapshot(), self._clock()
         result = filter_nodes(
             demand,
             args.candidate_names(),
-            self._store.snapshot(),
+            snapshot,
             policy.extender,
-            self._clock(),
+            now,
             gpumem_resource=policy.resource_names.gpumem,
         )
+        if result.headrooms:
+            memo = FitMemo(need, Limits.of(policy.extender), now, snapshot.nodes, result.headrooms)
+            self._fits.keep(uid, memo)
         self._count_filter(result, f"{namespace}/{name}")
         # model_construct: the result is built from validated data, and validating a
         # thousand node names again would cost more than the fit rule.
@@ -252,6 +259,7 @@ class Endpoints(Probes):
             self._store.snapshot(),
             policy.extender,
             self._clock(),
+            memo=self._fits.get(pod_uid(args.pod)),
         )
         # HostPriorityList's wire form, encoded directly (see filter).
         return json_bytes([{"Host": host, "Score": score} for host, score in scores])

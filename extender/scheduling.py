@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from extender.fit_memo import FitMemo
 from extender.models import MAX_EXTENDER_PRIORITY, MIN_EXTENDER_PRIORITY
 from gpumem.demand import PodDemand
 from gpumem.fit import (
@@ -24,7 +25,7 @@ from gpumem.fit import (
 )
 from gpumem.policy import ExtenderSettings
 from gpumem.relief import NO_RELIEF, victims_relief
-from gpumem.state import Snapshot
+from gpumem.state import NodeState, Snapshot
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,8 @@ class FilterResult:
     refusals_by_kind: Mapping[RefusalKind, int] = field(default_factory=dict)
     # Nodes that passed without a live check (budget-only), for the stale-mode metric.
     live_skipped: int = 0
+    # Each passed node's headroom as score_nodes counts it, for FitMemo.
+    headrooms: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -75,7 +78,8 @@ def filter_nodes(
         )
     if need == 0:
         return FilterResult(passed=tuple(candidates))
-    passed: list[str] = []
+    # Passed nodes and their headroom, in candidate order: what /prioritize will rank.
+    fits: dict[str, int] = {}
     failed: dict[str, str] = {}
     unresolvable: dict[str, str] = {}
     kinds: Counter[RefusalKind] = Counter()
@@ -91,30 +95,30 @@ def filter_nodes(
         quick = node.quick if node is not None else None
         if quick is not None:
             room, free, sampled_at, start, end, idle = quick
+            live_room = free - idle - base
             # now - sampled_at <= max_age: not gpumem.fit.is_stale, in the same arithmetic
             if (
                 need <= room
-                and free - idle >= base
+                and live_room >= 0
                 and start <= now < end
                 and now - sampled_at <= max_age
             ):
-                passed.append(name)
+                declared_room = room - need
+                fits[name] = declared_room if declared_room < live_room else live_room
                 continue
-        elif (
-            node is not None
-            and node.quick_cards is not None
-            and cards_quick_headroom(node.quick_cards, need, floor, max_age, now) is not None
-        ):
-            passed.append(name)
-            continue
-        refusal, _, skipped = evaluate(need, node, limits, now, NO_RELIEF)
+        elif node is not None and node.quick_cards is not None:
+            headroom = cards_quick_headroom(node.quick_cards, need, floor, max_age, now)
+            if headroom is not None:
+                fits[name] = headroom
+                continue
+        refusal, room, skipped = evaluate(need, node, limits, now, NO_RELIEF)
         if refusal is None:
-            passed.append(name)
+            fits[name] = max(0, room)
             live_skipped += skipped
             continue
         kinds[refusal.kind] += 1
         (failed if refusal.resolvable else unresolvable)[name] = refusal.message
-    return FilterResult(tuple(passed), failed, unresolvable, kinds, live_skipped)
+    return FilterResult(tuple(fits), failed, unresolvable, kinds, live_skipped, fits)
 
 
 def score_nodes(
@@ -123,12 +127,15 @@ def score_nodes(
     snapshot: Snapshot,
     settings: ExtenderSettings,
     now: float,
+    *,
+    memo: FitMemo | None = None,
 ) -> list[tuple[str, int]]:
     """Scores from MIN to MAX_EXTENDER_PRIORITY; a node where the pod does not fit scores MIN,
     the others 1..MAX by their headroom relative to the largest headroom among candidates.
 
     binpack ranks the tightest fit highest so the large holes stay free for large pods;
-    spread ranks the largest headroom highest.
+    spread ranks the largest headroom highest. `memo`, /filter's result for this pod, spares
+    the fit check on every node unchanged since (FitMemo).
     """
     need = need_mib(demand)
     if need == 0:
@@ -136,6 +143,45 @@ def score_nodes(
     limits = Limits.of(settings)
     nodes = snapshot.nodes
     # Headroom per candidate, None where the pod does not fit.
+    headrooms: list[int | None]
+    if memo is not None and memo.reusable(need, limits, now):
+        known = memo.headrooms.get
+        if memo.nodes is nodes:  # nothing changed since /filter
+            headrooms = [known(name) for name in candidates]
+        else:
+            then = memo.nodes.get
+            now_of = nodes.get
+            headrooms = [known(name) if now_of(name) is then(name) else None for name in candidates]
+        unknown = [i for i, h in enumerate(headrooms) if h is None]
+        if unknown:
+            fresh = _headrooms(need, [candidates[i] for i in unknown], nodes, limits, now)
+            for i, h in zip(unknown, fresh, strict=True):
+                headrooms[i] = h
+    else:
+        headrooms = _headrooms(need, candidates, nodes, limits, now)
+    largest = max([h for h in headrooms if h is not None], default=0)
+    span = MAX_EXTENDER_PRIORITY - MIN_EXTENDER_PRIORITY - 1
+    binpack = settings.scoring == "binpack"
+    lowest, base = MIN_EXTENDER_PRIORITY, MIN_EXTENDER_PRIORITY + 1
+    pairs = zip(candidates, headrooms, strict=True)
+    # share = headroom / largest (binpack: 1 - that), in comprehensions: one per candidate.
+    if largest <= 0:
+        fitting = base + round(span * (1.0 if binpack else 0.0))
+        return [(name, lowest if h is None else fitting) for name, h in pairs]
+    if binpack:
+        return [
+            (name, lowest if h is None else base + round(span * (1.0 - h / largest)))
+            for name, h in pairs
+        ]
+    return [
+        (name, lowest if h is None else base + round(span * (h / largest))) for name, h in pairs
+    ]
+
+
+def _headrooms(
+    need: int, candidates: Sequence[str], nodes: Mapping[str, NodeState], limits: Limits, now: float
+) -> list[int | None]:
+    """Each candidate's headroom for `need` MiB, None where the pod does not fit."""
     floor, max_age = limits.floor_mib, limits.max_age_seconds
     headrooms: list[int | None] = []
     base = need + floor
@@ -161,23 +207,7 @@ def score_nodes(
                 continue
         refusal, room, _ = evaluate(need, node, limits, now, NO_RELIEF)
         headrooms.append(None if refusal is not None else max(0, room))
-    largest = max([h for h in headrooms if h is not None], default=0)
-    span = MAX_EXTENDER_PRIORITY - MIN_EXTENDER_PRIORITY - 1
-    binpack = settings.scoring == "binpack"
-    lowest, base = MIN_EXTENDER_PRIORITY, MIN_EXTENDER_PRIORITY + 1
-    pairs = zip(candidates, headrooms, strict=True)
-    # share = headroom / largest (binpack: 1 - that), in comprehensions: one per candidate.
-    if largest <= 0:
-        fitting = base + round(span * (1.0 if binpack else 0.0))
-        return [(name, lowest if h is None else fitting) for name, h in pairs]
-    if binpack:
-        return [
-            (name, lowest if h is None else base + round(span * (1.0 - h / largest)))
-            for name, h in pairs
-        ]
-    return [
-        (name, lowest if h is None else base + round(span * (h / largest))) for name, h in pairs
-    ]
+    return headrooms
 
 
 def vet_preemption(

@@ -12,6 +12,7 @@ from starlette.testclient import TestClient
 from extender.app import ExtenderDeps, FixedPolicy, create_app
 from extender.store import ClusterStore
 from gpumem.policy import Policy
+from gpumem.state import Reservation
 from tests.http.extender.conftest import FakeBinder, Harness, make_settings
 from tests.unit.extender.factories import NOW, dcgm_reading, make_pod, make_policy
 
@@ -144,6 +145,27 @@ def test_prioritize_with_node_list(harness: Harness) -> None:
         "/prioritize", json=list_args(make_pod("incoming", 1000), nodes)
     ).json()
     assert [s["Host"] for s in scores] == ["gpu-2", "gpu-3"]
+
+
+def test_prioritize_after_filter_scores_as_without_it(harness: Harness) -> None:
+    """kube-scheduler's order: /filter, then /prioritize for the same pod (extender.fit_memo)."""
+    harness.apply_telemetry(dcgm_reading({"gpu-1": 600, "gpu-2": 11000, "gpu-3": 15000}))
+    names = ["gpu-2", "gpu-3", "gpu-1"]
+    alone = harness.client.post("/prioritize", json=cache_args(make_pod("alone", 1000), names))
+    pod = make_pod("incoming", 1000)
+    passed = harness.client.post("/filter", json=cache_args(pod, names)).json()["NodeNames"]
+    assert passed == ["gpu-2", "gpu-3"]
+    after = harness.client.post("/prioritize", json=cache_args(pod, names))
+    assert after.json() == alone.json()
+    # gpu-3 fills up between the two calls: its score follows the store, not /filter.
+    harness.client.post("/filter", json=cache_args(pod, names))
+    harness.store.reserve(Reservation("r", "ns", "other", "gpu-3", 15000, NOW + 30))
+    by_host = {
+        s["Host"]: s["Score"]
+        for s in harness.client.post("/prioritize", json=cache_args(pod, names)).json()
+    }
+    assert by_host["gpu-3"] == 0
+    assert by_host["gpu-2"] > 0
 
 
 # --- bind ----------------------------------------------------------------------------------------
