@@ -8,8 +8,8 @@ Items (each module also runs alone, with its own flags):
                pods, against GET /healthz (the TLS + HTTP floor) at the same rate.
 2. apiserver   tests.bench.apiserver_bench: pod CREATE through a real kube-apiserver with the
                webhook registered vs not, in alternating blocks.
-3. extender    tests.bench.extender_bench: /filter and /prioritize at 100, 1,000, 5,000 nodes,
-               against GET /healthz on the same server.
+3. extender    tests.bench.extender_bench: /filter and /prioritize (after the pod's /filter,
+               and alone) at 100, 1,000, 5,000 nodes, against GET /healthz on the same server.
 4. scheduling  tests.bench.scheduling_bench: pods bound per second by kube-scheduler with the
                extender vs the same configuration without it.
 5. memory      tests.bench.memory_bench: resident memory of both services, idle vs with
