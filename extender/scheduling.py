@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 from extender.fit_memo import FitMemo
 from extender.models import MAX_EXTENDER_PRIORITY, MIN_EXTENDER_PRIORITY
@@ -152,14 +153,17 @@ def score_nodes(
             then = memo.nodes.get
             now_of = nodes.get
             headrooms = [known(name) if now_of(name) is then(name) else None for name in candidates]
-        unknown = [i for i, h in enumerate(headrooms) if h is None]
-        if unknown:
+        if None in headrooms:  # nodes /filter did not pass, or changed since: check them
+            unknown = [i for i, h in enumerate(headrooms) if h is None]
             fresh = _headrooms(need, [candidates[i] for i in unknown], nodes, limits, now)
             for i, h in zip(unknown, fresh, strict=True):
                 headrooms[i] = h
     else:
         headrooms = _headrooms(need, candidates, nodes, limits, now)
-    largest = max([h for h in headrooms if h is not None], default=0)
+    if None in headrooms:
+        largest = max([h for h in headrooms if h is not None], default=0)
+    else:  # the usual case, one pass fewer
+        largest = max(cast("list[int]", headrooms), default=0)
     span = MAX_EXTENDER_PRIORITY - MIN_EXTENDER_PRIORITY - 1
     binpack = settings.scoring == "binpack"
     lowest, base = MIN_EXTENDER_PRIORITY, MIN_EXTENDER_PRIORITY + 1
