@@ -134,11 +134,17 @@ class PendingExplainer:
     # -- the pod watch's side (its thread: cheap, never blocks on the API) --
 
     def replace_pods(self, raw_pods: Iterable[dict[str, Any]]) -> None:
-        pending = {}
+        replacement = self.pod_replacement()
         for raw in raw_pods:
-            pod = self._read(raw)
-            if pod is not None:
-                pending[pod.uid] = pod
+            replacement.add(raw)
+        replacement.commit()
+
+    def pod_replacement(self) -> PendingReplacement:
+        """A fresh pod list read one pod at a time (the pod watch feeds it with the store's in
+        one pass), swapped in whole by its `commit`."""
+        return PendingReplacement(self)
+
+    def _replace_pending(self, pending: dict[str, PendingPod]) -> None:
         with self._lock:
             self._pending = pending
         self._wake.set()
@@ -364,3 +370,21 @@ class PendingExplainer:
     @property
     def queued(self) -> int:
         return self._queue.qsize()
+
+
+class PendingReplacement:
+    """A pod list being read (PendingExplainer.pod_replacement): `add` keeps the pending GPU
+    pods of the raw pods it is handed, `commit` swaps them in at once; one never committed
+    (the list failed half way) changes nothing."""
+
+    def __init__(self, explainer: PendingExplainer) -> None:
+        self._explainer = explainer
+        self._pending: dict[str, PendingPod] = {}
+
+    def add(self, raw: dict[str, Any]) -> None:
+        pod = self._explainer._read(raw)
+        if pod is not None:
+            self._pending[pod.uid] = pod
+
+    def commit(self) -> None:
+        self._explainer._replace_pending(self._pending)

@@ -22,6 +22,7 @@ from types import MappingProxyType
 from typing import Any
 
 from extender.telemetry_parse import Rejection, plausible_reading
+from gpumem.demand import ResourceNames
 from gpumem.nodes import NodeFacts, node_facts
 from gpumem.nodestate import build_node_state
 from gpumem.objects import mapping
@@ -130,16 +131,16 @@ class ClusterStore:
 
     def replace_pods(self, raw_pods: Iterable[Mapping[str, Any]]) -> None:
         """Replace every pod with a fresh list (after a list or a relist)."""
-        names = self._policy.resource_names
-        records = {}
-        pod_nodes = {}
+        replacement = self.pod_replacement()
         for raw in raw_pods:
-            record = pod_record(raw, names)
-            if record is not None:
-                records[record.uid] = record
-            bound = bound_pod_key(raw)
-            if bound is not None:
-                pod_nodes[bound[0]] = bound[1]
+            replacement.add(raw)
+        replacement.commit()
+
+    def pod_replacement(self) -> PodReplacement:
+        """A fresh list of pods read one at a time, swapped in whole by its `commit`."""
+        return PodReplacement(self, self._policy.resource_names)
+
+    def _replace_pods(self, records: dict[str, PodRecord], pod_nodes: dict[PodKey, str]) -> None:
         with self._lock:
             touched = set(self._pods_on_node) | set(self._reservations_on_node)
             self._pods = {}
@@ -149,8 +150,8 @@ class ClusterStore:
             for record in records.values():
                 self._add_pod_locked(record)
             for uid, reservation in list(self._reservations.items()):
-                record = records.get(uid)
-                if record is None or record.node is not None:
+                listed = records.get(uid)
+                if listed is None or listed.node is not None:
                     self._drop_reservation_locked(reservation)
             self._synced.add("pods")
             self._rebuild_locked(touched | set(self._pods_on_node))
@@ -370,3 +371,27 @@ class ClusterStore:
             MappingProxyType(dict(self._states)), self._telemetry, self.synced, self._version
         )
         self._stale = False
+
+
+class PodReplacement:
+    """A pod list being read (ClusterStore.pod_replacement): `add` keeps what the store needs
+    of each raw pod, so the raw list is never held whole (kube.reflector streams it a page at a
+    time); `commit` swaps every pod in at once. One never committed (the list failed half way)
+    changes nothing."""
+
+    def __init__(self, store: ClusterStore, names: ResourceNames) -> None:
+        self._store = store
+        self._names = names
+        self._records: dict[str, PodRecord] = {}
+        self._pod_nodes: dict[PodKey, str] = {}
+
+    def add(self, raw: Mapping[str, Any]) -> None:
+        record = pod_record(raw, self._names)
+        if record is not None:
+            self._records[record.uid] = record
+        bound = bound_pod_key(raw)
+        if bound is not None:
+            self._pod_nodes[bound[0]] = bound[1]
+
+    def commit(self) -> None:
+        self._store._replace_pods(self._records, self._pod_nodes)

@@ -5,7 +5,7 @@ daemon thread, counted in vramguard_extender_watch_restarts_total and logged as
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal, Protocol
 
 from extender.metrics import ExtenderMetrics
@@ -51,7 +51,7 @@ class ResourceWatch(Reflector):
         self,
         resource: Resource,
         list_function: ListFunction,
-        replace: Callable[[list[RawObject]], None],
+        replace: Callable[[Iterable[RawObject]], None],
         apply: Callable[[str, RawObject], None],
         metrics: ExtenderMetrics,
         *,
@@ -79,10 +79,19 @@ class ResourceWatch(Reflector):
         )
 
 
+class Replacement(Protocol):
+    """A fresh list being read into one consumer: `add` each raw object, then `commit` swaps it
+    in whole; one never committed (the list failed half way) changes nothing."""
+
+    def add(self, raw: RawObject) -> None: ...
+
+    def commit(self) -> None: ...
+
+
 class PodListener(Protocol):
     """Something else fed by the pod watch, after the store (extender.pending)."""
 
-    def replace_pods(self, raw_pods: list[RawObject]) -> None: ...
+    def pod_replacement(self) -> Replacement: ...
 
     def apply_pod_event(self, event_type: str, raw: RawObject) -> None: ...
 
@@ -97,14 +106,19 @@ def pod_watch(
 ) -> ResourceWatch:
     """The pod watch into the store and then into each listener, so a listener reading the
     store's snapshot sees the event it is handed already applied."""
-    replace: Callable[[list[RawObject]], None] = store.replace_pods
+    replace: Callable[[Iterable[RawObject]], None] = store.replace_pods
     apply: Callable[[str, RawObject], None] = store.apply_pod_event
     if listeners:
 
-        def replace(items: list[RawObject]) -> None:
-            store.replace_pods(items)
-            for listener in listeners:
-                listener.replace_pods(items)
+        def replace(items: Iterable[RawObject]) -> None:
+            # One pass feeds every consumer: the list streams a page at a time and is read once.
+            replacements: list[Replacement] = [store.pod_replacement()]
+            replacements += [listener.pod_replacement() for listener in listeners]
+            for raw in items:
+                for replacement in replacements:
+                    replacement.add(raw)
+            for replacement in replacements:  # the store's first
+                replacement.commit()
 
         def apply(event_type: str, raw: RawObject) -> None:
             store.apply_pod_event(event_type, raw)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from gpumem.attribution import PodIdentity, by_uid, pod_identity
@@ -70,7 +70,7 @@ class NodePods:
         with self._lock:
             return self._index
 
-    def _replace(self, items: list[RawObject]) -> None:
+    def _replace(self, items: Iterable[RawObject]) -> None:
         pods = {p.uid: p for raw in items if (p := pod_identity(raw)) is not None}
         with self._lock:
             self._pods = pods

@@ -1,10 +1,15 @@
 """One list+watch loop: keep a caller's view of one resource kind in sync with the API server.
 
-List (page by page), then watch from the list's resourceVersion, resuming from the last version
-seen (bookmarks included) when the server ends the stream. A 410 Gone, or `request_relist`,
-lists again; any other failure is retried after an exponential backoff with jitter; a watch
-that ends sooner than `Retry.min_watch` is resumed only after that long, so a server that
-ends watches at once cannot turn the loop into a spin.
+List, then watch from the list's resourceVersion, resuming from the last version seen
+(bookmarks included) when the server ends the stream. A 410 Gone, or `request_relist`, lists
+again; any other failure is retried after an exponential backoff with jitter; a watch that ends
+sooner than `Retry.min_watch` is resumed only after that long, so a server that ends watches at
+once cannot turn the loop into a spin.
+
+A list streams: each page is requested once the caller has read the previous one, so at most
+one page of raw objects is alive at a time (10,000 pods decoded at once are tens of MiB, and
+Python keeps the arenas they used). The caller builds its state as the objects arrive and swaps
+it in at the end; a list that fails half way raises out of the caller's read, before the swap.
 
 Objects are read as raw JSON (`_preload_content=False`): callers want camelCase dicts, and
 skipping the generated models' deserialization is much cheaper on a busy watch. The watch
@@ -18,7 +23,7 @@ import json
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -29,6 +34,9 @@ from kube.errors import HTTP_GONE
 from kube.threads import Threads
 
 RawObject = dict[str, Any]
+# A list in progress: its pages of raw objects, each requested when the previous one has been
+# read; the generator returns (StopIteration.value) the list's resourceVersion.
+Pages = Generator[list[RawObject], None, str]
 # What ended a list+watch: the caller's hook logs and counts it.
 Restart = Literal["relist", "expired", "error"]
 
@@ -50,8 +58,9 @@ class Retry:
 class Source(Protocol):
     """One resource kind on the API: list it, and watch it from a resourceVersion."""
 
-    def list(self) -> tuple[list[RawObject], str]:
-        """All objects and the list's resourceVersion; WatchExpired on 410."""
+    def list(self) -> Pages:
+        """Every object, page by page, then the list's resourceVersion; WatchExpired on 410,
+        from whichever page the server refuses."""
         ...
 
     def watch(self, resource_version: str) -> Iterator[tuple[str, RawObject]]:
@@ -107,8 +116,7 @@ class ApiSource:
         self._read_slack = read_slack
         self._stopping = threading.Event()
 
-    def list(self) -> tuple[list[RawObject], str]:
-        items: list[RawObject] = []
+    def list(self) -> Pages:
         token: str | None = None
         while True:
             kwargs: dict[str, Any] = {
@@ -120,16 +128,20 @@ class ApiSource:
             if token:
                 kwargs["_continue"] = token
             page = read_json(self._call(**kwargs))
-            items.extend(item for item in page.get("items") or () if isinstance(item, dict))
             metadata = page.get("metadata") or {}
             token = metadata.get("continue")
+            version = metadata.get("resourceVersion")
+            items = [item for item in page.get("items") or () if isinstance(item, dict)]
+            # Dropped before the next request: one page alive at a time (module docstring).
+            del page, metadata
+            yield items
+            del items
             if not token:
                 break
-        version = metadata.get("resourceVersion")
         if not isinstance(version, str) or not version:
             what = f"{self._resource} list" if self._resource else "list"
             raise ValueError(f"{what} has no resourceVersion")
-        return items, version
+        return version
 
     def watch(self, resource_version: str) -> Iterator[tuple[str, RawObject]]:
         self._stopping.clear()
@@ -172,15 +184,16 @@ class ApiSource:
 
 
 class Reflector:
-    """List and watch one resource kind into `replace` (every object, after each list) and
-    `apply` (event type, object: ADDED, MODIFIED, DELETED; bookmarks only move the version),
-    until stopped. Runs in the caller's thread (`run`) or its own (`start`/`stop`)."""
+    """List and watch one resource kind into `replace` (every object of each list, read once,
+    as the list arrives: see the module docstring) and `apply` (event type, object: ADDED,
+    MODIFIED, DELETED; bookmarks only move the version), until stopped. Runs in the caller's
+    thread (`run`) or its own (`start`/`stop`)."""
 
     def __init__(
         self,
         resource: str,
         source: Source,
-        replace: Callable[[list[RawObject]], None],
+        replace: Callable[[Iterable[RawObject]], None],
         apply: Callable[[str, RawObject], None],
         *,
         hooks: Hooks,
@@ -246,10 +259,12 @@ class Reflector:
 
     def list_once(self) -> str:
         """List every object into `replace`; returns the resourceVersion."""
-        items, version = self.source.list()
-        self._replace(items)
-        self._hooks.listed(self.resource, len(items), version)
-        return version
+        listing = _Listing(self.source.list())
+        self._replace(listing)
+        if listing.version is None:
+            raise RuntimeError(f"the {self.resource} list was not read to its end")
+        self._hooks.listed(self.resource, listing.count, listing.version)
+        return listing.version
 
     def watch_once(self, version: str) -> str:
         """Apply watch events until the server ends the stream; returns the last version."""
@@ -270,6 +285,30 @@ class Reflector:
         return version
 
 
+class _Listing:
+    """The objects of one list, read once: each page is requested when the previous one has
+    been read; `count` and `version` are the list's once the reading has ended."""
+
+    def __init__(self, pages: Pages) -> None:
+        self._pages: Pages | None = pages
+        self.count = 0
+        self.version: str | None = None
+
+    def __iter__(self) -> Iterator[RawObject]:
+        pages, self._pages = self._pages, None
+        if pages is None:
+            raise RuntimeError("a list is read once")
+        while True:
+            try:
+                page = next(pages)
+            except StopIteration as end:
+                self.version = end.value
+                return
+            self.count += len(page)
+            yield from page
+            del page  # before the next page is requested
+
+
 def _lines(response: Any) -> Iterator[str]:
     """Lines of a streamed watch response (one JSON event per line)."""
     buffer = bytearray()
@@ -286,4 +325,13 @@ def _lines(response: Any) -> Iterator[str]:
         yield buffer.strip().decode("utf-8", errors="replace")
 
 
-__all__ = ["ApiSource", "Hooks", "RawObject", "Reflector", "Retry", "Source", "WatchExpired"]
+__all__ = [
+    "ApiSource",
+    "Hooks",
+    "Pages",
+    "RawObject",
+    "Reflector",
+    "Retry",
+    "Source",
+    "WatchExpired",
+]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -71,7 +71,7 @@ class _Mirror:
         self.synced = threading.Event()
         self._objects: dict[str, Any] = {}
 
-    def replace(self, items: list[RawObject]) -> None:
+    def replace(self, items: Iterable[RawObject]) -> None:
         self._objects = {name: self.value_of(obj) for obj in items if (name := _name(obj))}
         self.on_change(dict(self._objects))
         if not self.synced.is_set():

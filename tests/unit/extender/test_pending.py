@@ -392,11 +392,24 @@ def test_a_listener_bug_does_not_break_the_pod_watch(
 
 
 def test_pod_watch_feeds_listeners_after_the_store(store: ClusterStore, clock: Clock) -> None:
-    seen: list[tuple[str, int]] = []
+    seen: list[tuple[str, int, int] | tuple[str, int]] = []
+
+    class Replacement:
+        def __init__(self) -> None:
+            self.count = 0
+
+        def add(self, raw: dict[str, Any]) -> None:
+            self.count += 1
+
+        def commit(self) -> None:
+            # The store has swapped its pods in already.
+            node = store.snapshot().node("node-a")
+            assert node is not None
+            seen.append(("replace", node.declared_mib, self.count))
 
     class Listener:
-        def replace_pods(self, raw_pods: list[dict[str, Any]]) -> None:
-            seen.append(("replace", len(raw_pods)))
+        def pod_replacement(self) -> Replacement:
+            return Replacement()
 
         def apply_pod_event(self, event_type: str, raw: dict[str, Any]) -> None:
             # The store has applied the event already.
@@ -407,8 +420,34 @@ def test_pod_watch_feeds_listeners_after_the_store(store: ClusterStore, clock: C
     core = type("Core", (), {"list_pod_for_all_namespaces": lambda **kw: None})()
     watch = pod_watch(core, store, ExtenderMetrics(), listeners=[Listener()])
     watch._apply("ADDED", make_pod("late", 700, node="node-a"))
-    watch._replace([make_pod("only", 100, node="node-a")])
-    assert seen == [("ADDED", 14000), ("replace", 1)]
+    watch._replace(iter([make_pod("only", 100, node="node-a"), make_pod("cpu", None)]))
+    assert seen == [("ADDED", 14000), ("replace", 100, 2)]
+
+
+def test_the_pod_watch_feeds_the_explainer_every_pod_of_a_list(
+    store: ClusterStore, clock: Clock
+) -> None:
+    explainer, _ = make_explainer(store, FakeSink(), clock)
+    pages = [
+        [unschedulable("first", 1500), make_pod("running", 100, node="node-a")],
+        [unschedulable("second", 2500)],
+    ]
+    core = type("Core", (), {"list_pod_for_all_namespaces": lambda **kw: None})()
+    watch = pod_watch(core, store, ExtenderMetrics(), listeners=[explainer])
+    watch._replace(pod for page in pages for pod in page)  # read once, as a list streams
+    assert sorted(p.name for p in explainer.pending()) == ["first", "second"]
+
+
+def test_a_pending_replacement_never_committed_changes_nothing(
+    store: ClusterStore, clock: Clock
+) -> None:
+    explainer, _ = make_explainer(store, FakeSink(), clock)
+    explainer.replace_pods([unschedulable("kept", 1500)])
+    replacement = explainer.pod_replacement()
+    replacement.add(unschedulable("half-listed", 2500))
+    assert [p.name for p in explainer.pending()] == ["kept"]
+    replacement.commit()
+    assert [p.name for p in explainer.pending()] == ["half-listed"]
 
 
 def test_the_threads_write_an_event_and_stop(store: ClusterStore, clock: Clock) -> None:

@@ -269,3 +269,22 @@ def test_remembered_demand_is_bounded() -> None:
         store.remember_demand(f"uid-{i}", "ns", f"p{i}", 100)
     assert store.pod_for_bind("uid-0") is None
     assert store.pod_for_bind("uid-4999") is not None
+
+
+def test_a_pod_replacement_changes_nothing_until_it_is_committed() -> None:
+    store = store_with(make_node("gpu-1", allocatable_mib=14000))
+    store.replace_pods([make_pod("old", 1000, node="gpu-1")])
+    replacement = store.pod_replacement()
+    for pod in (make_pod("a", 2000, node="gpu-1"), make_pod("b", 3000, node="gpu-1")):
+        replacement.add(pod)
+    assert declared(store, "gpu-1") == 1000  # a list half read (or failed) is not in
+    assert store.pod_for_bind(uid_of(make_pod("a", 2000))) is None
+    replacement.commit()
+    assert declared(store, "gpu-1") == 5000
+    assert store.pod_for_bind(uid_of(make_pod("old", 1000))) is None
+
+
+def test_replace_pods_reads_its_pods_once() -> None:
+    store = store_with(make_node("gpu-1", allocatable_mib=14000))
+    store.replace_pods(make_pod(name, 1000, node="gpu-1") for name in ("a", "b"))
+    assert declared(store, "gpu-1") == 2000

@@ -3,8 +3,13 @@ lists into the store, watch events, 410 Gone, backoff, relist on request, the re
 
 from __future__ import annotations
 
+import copy
 import json
 import threading
+import time
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -217,3 +222,170 @@ def test_node_watch_feeds_nodes() -> None:
     node = store.snapshot().node("n1")
     assert node is not None
     assert node.capacity.mib == 14000
+
+
+# --- a list streams into the store: one page of raw pods alive at a time, swapped in whole ---
+
+
+class Raw(dict[str, Any]):
+    """A raw object that a weak reference can follow (a plain dict cannot)."""
+
+
+@dataclass
+class Answer:
+    page: Raw
+
+
+class BlockedStream(FakeResponse):
+    """A watch that sends nothing until `end` is set."""
+
+    def __init__(self, end: threading.Event) -> None:
+        super().__init__()
+        self.end = end
+
+    def stream(self, amt: int | None = None, decode_content: bool = True) -> Any:
+        self.end.wait(5)
+        yield from ()
+
+
+Page = list[dict[str, Any]] | Exception
+
+
+class StreamedPages:
+    """list_pod_for_all_namespaces answering each list (a request without a continue token
+    starts the next one scripted) page by page with Raw objects, read back by a read_json
+    patched to pass them through. At each request it records how many raw pods of the earlier
+    pages are still alive. Watches send nothing until `released`."""
+
+    def __init__(self, *lists: Sequence[Page]) -> None:
+        self.lists = list(lists)
+        self.pages: Sequence[Page] = []
+        self.listed = 0
+        self.alive_at_request: list[int] = []
+        self.refs: list[weakref.ref[Raw]] = []
+        self.released = threading.Event()
+
+    def __call__(self, **kwargs: Any) -> Any:
+        if kwargs.get("watch"):
+            return BlockedStream(self.released)
+        self.alive_at_request.append(sum(ref() is not None for ref in self.refs))
+        token = kwargs.get("_continue")
+        if token is None:
+            self.pages, self.listed = self.lists.pop(0), self.listed + 1
+        number = int(token) if token else 0
+        step = self.pages[number]
+        if isinstance(step, Exception):
+            raise step
+        items = [Raw(copy.deepcopy(pod)) for pod in step]
+        self.refs += [weakref.ref(item) for item in items]
+        metadata = {"resourceVersion": str(100 * self.listed)}
+        if number + 1 < len(self.pages):
+            metadata["continue"] = str(number + 1)
+        return Answer(Raw(metadata=metadata, items=items))
+
+
+@pytest.fixture
+def passed_through(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("kube.reflector.read_json", lambda answer: answer.page)
+
+
+class Names:
+    """A pod listener that keeps the names it was handed (never the raw pods)."""
+
+    def __init__(self) -> None:
+        self.replaced: list[list[str]] = []
+        self.events: list[str] = []
+
+    def pod_replacement(self) -> Any:
+        names: list[str] = []
+        listener = self
+
+        class Replacement:
+            def add(self, raw: dict[str, Any]) -> None:
+                names.append(raw["metadata"]["name"])
+
+            def commit(self) -> None:
+                listener.replaced.append(names)
+
+        return Replacement()
+
+    def apply_pod_event(self, event_type: str, raw: dict[str, Any]) -> None:
+        self.events.append(raw["metadata"]["name"])
+
+
+def watch_of(api: Any, store: ClusterStore, listener: Names) -> ResourceWatch:
+    core = type("Core", (), {"list_pod_for_all_namespaces": api})()
+    return pod_watch(
+        core, store, ExtenderMetrics(), listeners=[listener], backoff_initial_seconds=0.01
+    )
+
+
+THREE_PAGES = [
+    [make_pod("a", 1000, node="n1"), make_pod("b", 1000, node="n1")],
+    [make_pod("c", 1000, node="n1"), make_pod("d", 1000, node="n2")],
+    [make_pod("e", 1000, node="n2")],
+]
+
+
+@pytest.mark.usefixtures("passed_through")
+def test_a_list_is_read_into_the_store_and_the_listeners_a_page_at_a_time(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = new_store()
+    listener = Names()
+    api = StreamedPages(THREE_PAGES)
+    with caplog.at_level("INFO", logger="extender.watches"):
+        assert watch_of(api, store, listener).list_once() == "100"
+    # When a page is asked for, the earlier pages are gone but for the one pod the reading
+    # loop still holds: the store and the listener kept only what they build from them.
+    assert api.alive_at_request == [0, 1, 1]
+    assert listener.replaced == [["a", "b", "c", "d", "e"]]  # every pod, in one pass
+    assert declared(store) == {"n1": 3000, "n2": 2000}
+    assert "listed 5 pods at resourceVersion 100" in caplog.text
+
+
+@pytest.mark.usefixtures("passed_through")
+@pytest.mark.parametrize(
+    "failure",
+    [WatchExpired("the continue token expired"), ConnectionError("reset by peer")],
+    ids=["410", "network"],
+)
+def test_a_list_that_fails_half_way_changes_nothing_and_is_listed_again(
+    failure: Exception,
+) -> None:
+    store = new_store()
+    store.replace_pods([make_pod("old", 500, node="n1")])
+    listener = Names()
+    api = StreamedPages([*THREE_PAGES[:2], failure], THREE_PAGES)
+    watch = watch_of(api, store, listener)
+    with pytest.raises(type(failure)):
+        watch.list_once()
+    assert declared(store) == {"n1": 500, "n2": 0}  # nothing of pages 1 and 2 went in
+    assert listener.replaced == []
+
+    # The loop lists again, from the first page, and that list wins.
+    api.lists.insert(0, [*THREE_PAGES[:2], failure])
+    thread = threading.Thread(target=watch.run, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: bool(listener.replaced))
+    finally:
+        watch.request_stop()
+        api.released.set()
+        thread.join(timeout=5)
+    assert api.listed == 3
+    assert listener.replaced == [["a", "b", "c", "d", "e"]]
+    assert declared(store) == {"n1": 3000, "n2": 2000}
+    assert store.pod_for_bind(str(make_pod("old", 500)["metadata"]["uid"])) is None
+
+
+def declared(store: ClusterStore) -> dict[str, int]:
+    nodes = {name: store.snapshot().node(name) for name in ("n1", "n2")}
+    return {name: 0 if node is None else node.declared_mib for name, node in nodes.items()}
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.005)

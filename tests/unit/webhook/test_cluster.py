@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from kube.reflector import RawObject, Retry
+from kube.reflector import Pages, RawObject, Retry
 from kube.reflector import WatchExpired as ResourceExpired
 from tests.unit.kube.fakes import obj
 from webhook.cluster import ClusterWatch, api_client
@@ -21,8 +21,8 @@ Step = tuple[list[RawObject], str] | list[tuple[str, RawObject]] | Exception
 
 
 class ScriptedSource:
-    """Answers list() and watch() from scripts; once a script runs out, list() fails and
-    watch() blocks until stop(), like a quiet watch."""
+    """Answers list() (in one page) and watch() from scripts; once a script runs out, list()
+    fails and watch() blocks until stop(), like a quiet watch."""
 
     def __init__(self, lists: list[Step], watches: list[Step] | None = None) -> None:
         self.lists = list(lists)
@@ -30,14 +30,16 @@ class ScriptedSource:
         self.watched_from: list[str] = []
         self._stopped = threading.Event()
 
-    def list(self) -> tuple[list[RawObject], str]:
+    def list(self) -> Pages:
         if not self.lists:
             raise RuntimeError("no more lists scripted")
         step = self.lists.pop(0)
         if isinstance(step, Exception):
             raise step
         assert isinstance(step, tuple)
-        return step
+        items, version = step
+        yield items  # one page
+        return version
 
     def watch(self, resource_version: str) -> Iterator[tuple[str, RawObject]]:
         self.watched_from.append(resource_version)
