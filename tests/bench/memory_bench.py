@@ -14,7 +14,11 @@ set size (VmRSS in /proc/PID/status; VmHWM is the peak) is read:
    the webhook refuses GPU pods that set spec.nodeName themselves), and the
    extender's watches have delivered all of them: a marker pod created after the rest is in
    its snapshot (watch events arrive in order), and no node's telemetry is stale. Then one
-   more telemetry refresh passes before the reading.
+   more telemetry refresh passes before the reading;
+3. restarted (the extender only): the extender stopped and started again in that loaded
+   cluster, as a rolling update or a crash restarts it, read the same way once it has the
+   marker pod and live telemetry. Here every pod and node comes from its initial list, not
+   from watch events: the high-water mark of a list of the whole cluster.
 
 No request that builds a large answer (/debug/snapshot of the whole cluster) is sent before
 the reading, so what is measured is what the services keep, not a reply being built.
@@ -59,6 +63,7 @@ class MemoryResult:
     pods: int
     idle: dict[str, Memory]
     loaded: dict[str, Memory]
+    restarted: Memory  # the extender, started again in the loaded cluster
     load_seconds: float  # creating the nodes and pods and waiting for the extender
 
 
@@ -103,25 +108,34 @@ def measure(nodes: int, pods: int, threads: int = 4) -> MemoryResult:
         last = specs[-1].name
         create_pod(api, namespaces[0], pod_body("marker", gpu=True))
         bind_pod(api, namespaces[0], "marker", last)
-        wait_for(
-            "the extender's pod watch to deliver every pod (the marker pod)",
-            lambda: _has_pod(vramguard, last, "marker"),
-            timeout=300,
-            interval=1.0,
-        )
-        wait_for(
-            "live telemetry for every node",
-            lambda: _stale_nodes(vramguard) == 0,
-            timeout=120,
-            interval=1.0,
-        )
+
+        def settle(how: str) -> None:
+            wait_for(
+                f"the extender's pods {how} to include the marker pod",
+                lambda: _has_pod(vramguard, last, "marker"),
+                timeout=300,
+                interval=1.0,
+            )
+            wait_for(
+                "live telemetry for every node",
+                lambda: _stale_nodes(vramguard) == 0,
+                timeout=120,
+                interval=1.0,
+            )
+
+        settle("from the watch")
         load_seconds = time.monotonic() - started
         time.sleep(REFRESH_SECONDS + 1)  # one more telemetry refresh and rebuild
         loaded = {name: process_memory(_pid(p.pid)) for name, p in processes.items()}
+        vramguard.stop_extender()
+        vramguard.start_extender()
+        settle("from its initial list")
+        time.sleep(REFRESH_SECONDS + 1)
+        restarted = process_memory(_pid(vramguard.extender_process.pid))
     finally:
         vramguard.stop()
         cluster.stop()
-    return MemoryResult(nodes, pods + 1, idle, loaded, load_seconds)
+    return MemoryResult(nodes, pods + 1, idle, loaded, restarted, load_seconds)
 
 
 def _pid(pid: int | None) -> int:
@@ -147,7 +161,7 @@ def summary_rows(result: MemoryResult) -> list[Row]:
         "extender": f"{loaded} in its snapshot, live telemetry",
         "webhook": f"after admitting {result.pods:,} GPU pods ({result.nodes:,} nodes)",
     }
-    return [
+    rows = [
         Row(
             measure=f"{name} resident memory (RSS)",
             configuration=configurations[name],
@@ -158,6 +172,18 @@ def summary_rows(result: MemoryResult) -> list[Row]:
         )
         for name in ("extender", "webhook")
     ]
+    rows.insert(
+        1,
+        Row(
+            measure="extender resident memory (RSS)",
+            configuration=f"restarted in that cluster: {loaded} from its initial list",
+            value=result.restarted.rss_mib,
+            unit="MiB",
+            baseline=result.idle["extender"].rss_mib,
+            baseline_label="idle, empty cluster",
+        ),
+    )
+    return rows
 
 
 def details(result: MemoryResult) -> str:
@@ -167,6 +193,10 @@ def details(result: MemoryResult) -> str:
         lines.append(
             f"{name:<9} {idle.rss_mib:>9.1f} {loaded.rss_mib:>11.1f} {loaded.peak_mib:>12.1f}"
         )
+    lines.append(
+        f"extender restarted in the loaded cluster: RSS {result.restarted.rss_mib:.1f}, "
+        f"peak {result.restarted.peak_mib:.1f}"
+    )
     lines.append(
         f"loaded: {result.nodes:,} nodes and {result.pods:,} GPU pods created and seen by the "
         f"extender in {result.load_seconds:.0f} s"
