@@ -79,14 +79,19 @@ def filter_nodes(
         )
     if need == 0:
         return FilterResult(passed=tuple(candidates))
+    return _split(need, candidates, snapshot.nodes, Limits.of(settings), now)
+
+
+def _split(
+    need: int, candidates: Sequence[str], nodes: Mapping[str, NodeState], limits: Limits, now: float
+) -> FilterResult:
+    """filter_nodes for a pod that needs `need` MiB (> 0); score_nodes reads its headrooms."""
     # Passed nodes and their headroom, in candidate order: what /prioritize will rank.
     fits: dict[str, int] = {}
     failed: dict[str, str] = {}
     unresolvable: dict[str, str] = {}
     kinds: Counter[RefusalKind] = Counter()
     live_skipped = 0
-    nodes = snapshot.nodes
-    limits = Limits.of(settings)
     floor, max_age = limits.floor_mib, limits.max_age_seconds
     # The fast path of gpumem.fit.quick_headroom, inlined: this loop runs once per candidate
     # node for every GPU pod, and the calls cost more than the comparisons.
@@ -185,33 +190,11 @@ def score_nodes(
 def _headrooms(
     need: int, candidates: Sequence[str], nodes: Mapping[str, NodeState], limits: Limits, now: float
 ) -> list[int | None]:
-    """Each candidate's headroom for `need` MiB, None where the pod does not fit."""
-    floor, max_age = limits.floor_mib, limits.max_age_seconds
-    headrooms: list[int | None] = []
-    base = need + floor
-    for name in candidates:
-        node = nodes.get(name)
-        quick = node.quick if node is not None else None
-        if quick is not None:  # gpumem.fit.quick_headroom, inlined as in filter_nodes
-            room, free, sampled_at, start, end, idle = quick
-            live_room = free - idle - base
-            if (
-                need <= room
-                and live_room >= 0
-                and start <= now < end
-                and now - sampled_at <= max_age
-            ):
-                declared_room = room - need
-                headrooms.append(declared_room if declared_room < live_room else live_room)
-                continue
-        elif node is not None and node.quick_cards is not None:
-            headroom = cards_quick_headroom(node.quick_cards, need, floor, max_age, now)
-            if headroom is not None:
-                headrooms.append(headroom)
-                continue
-        refusal, room, _ = evaluate(need, node, limits, now, NO_RELIEF)
-        headrooms.append(None if refusal is not None else max(0, room))
-    return headrooms
+    """Each candidate's headroom for `need` MiB, None where the pod does not fit: the rule
+    /filter applies (the refusals' messages are built for nodes that do not fit, which
+    kube-scheduler does not send to /prioritize)."""
+    fits = _split(need, candidates, nodes, limits, now).headrooms
+    return [fits.get(name) for name in candidates]
 
 
 def vet_preemption(
